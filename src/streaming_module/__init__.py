@@ -1,0 +1,1 @@
+"""streaming_module: real-time streaming for LangGraph workflows."""

@@ -1,0 +1,152 @@
+"""Every error the library raises, each with a stable ``code`` and a ``context`` dict.
+
+Messages say what failed and how to fix it. Catch :class:`StreamingError` to catch them all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+class StreamingError(Exception):
+    """Base of every streaming_module error.
+
+    ``code`` is a short machine-readable string (also sent to WebSocket clients where relevant);
+    ``context`` holds the values that explain the failure (ids, limits, option names).
+    """
+
+    default_code = "streaming_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code or self.default_code
+        self.context: dict[str, Any] = dict(context or {})
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(code={self.code!r}, message={self.message!r})"
+
+
+class StreamingConfigError(StreamingError, ValueError):
+    """Options did not validate. ``errors`` lists every bad field as ``(path, message)``."""
+
+    default_code = "invalid_config"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        errors: Sequence[tuple[str, str]] = (),
+        code: str | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message, code=code, context=context)
+        self.errors: list[tuple[str, str]] = list(errors)
+
+
+class TokenStreamingError(StreamingError):
+    """A token stream operation failed (unknown or closed stream, bad token, bad config)."""
+
+    default_code = "token_stream_error"
+
+
+class EventStreamingError(StreamingError):
+    """Publishing or processing workflow events failed."""
+
+    default_code = "event_stream_error"
+
+
+class ProgressTrackingError(StreamingError):
+    """A progress tracker was used wrongly (unknown tracker, bad current/total)."""
+
+    default_code = "progress_error"
+
+
+class WorkflowError(StreamingError):
+    """A declarative workflow is malformed (bad node, edge or routing) or was misused."""
+
+    default_code = "workflow_error"
+
+
+class BrokerError(StreamingError):
+    """The broker that keeps and fans out frames failed (e.g. Redis unreachable)."""
+
+    default_code = "broker_error"
+
+
+class WebSocketError(StreamingError):
+    """A WebSocket gateway operation failed.
+
+    ``close_code`` is the WebSocket close code used when the error ends a connection.
+    """
+
+    default_code = "websocket_error"
+    default_close_code: int | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        context: Mapping[str, Any] | None = None,
+        close_code: int | None = None,
+    ) -> None:
+        super().__init__(message, code=code, context=context)
+        self.close_code = close_code if close_code is not None else self.default_close_code
+
+
+class AuthenticationError(WebSocketError):
+    """The JWT was missing, expired, forged or used a refused algorithm."""
+
+    default_code = "unauthorized"
+    default_close_code = 4401
+
+
+class ForbiddenError(WebSocketError):
+    """The client is authenticated but may not do this (e.g. subscribe to that execution)."""
+
+    default_code = "forbidden"
+    default_close_code = 4403
+
+
+class RateLimitError(WebSocketError):
+    """A connection or request rate limit was exceeded."""
+
+    default_code = "rate_limited"
+    default_close_code = 4429
+
+
+class ProtocolError(WebSocketError):
+    """A client frame was not valid protocol (bad JSON, unknown type, missing field)."""
+
+    default_code = "bad_request"
+
+
+class ClientNotFoundError(WebSocketError):
+    """``send_to_client`` named a client id that is not connected."""
+
+    default_code = "client_not_found"
+
+
+__all__ = [
+    "AuthenticationError",
+    "BrokerError",
+    "ClientNotFoundError",
+    "EventStreamingError",
+    "ForbiddenError",
+    "ProgressTrackingError",
+    "ProtocolError",
+    "RateLimitError",
+    "StreamingConfigError",
+    "StreamingError",
+    "TokenStreamingError",
+    "WebSocketError",
+    "WorkflowError",
+]
