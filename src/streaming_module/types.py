@@ -63,6 +63,10 @@ class _KeyAccess:
     def get(self, key: str, default: Any = None) -> Any:
         return getattr(self, key, default)
 
+    def keys(self) -> list[str]:
+        """Field names, so ``{**update, "enriched": True}`` works as the manual's spread does."""
+        return [f.name for f in fields(self)]  # type: ignore[arg-type]
+
     def to_dict(self) -> dict[str, Any]:
         """Fields as a plain dict (``None`` values kept)."""
         return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
