@@ -1,0 +1,136 @@
+"""What the gateway needs of a broker: sequenced frames per execution, replay and fan-out.
+
+A :class:`Broker` gives every frame of an execution the next sequence number (1, 2, 3 ... over
+every frame of that execution, replayable or not), keeps replayable frames in a bounded replay
+log, and calls local subscribers synchronously. The in-memory implementation is
+:class:`~streaming_module.broker.memory.InMemoryBroker`; a Redis Streams one can implement the
+same contract without changing the gateway.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from typing import Any
+
+from streaming_module.core.codec import encode_frame
+
+GAP = "gap"
+"""Type of the frame announcing sequences the replay log no longer holds."""
+
+
+class Frame:
+    """One server → client frame of an execution.
+
+    ``payload`` is what goes under ``"payload"``; ``replayable`` is False for frames that are
+    only delivered live (``at-most-once``). :meth:`encoded` returns the JSON bytes, encoded once
+    and shared by every subscriber.
+    """
+
+    __slots__ = (
+        "_encoded",
+        "execution_id",
+        "payload",
+        "replayable",
+        "sequence",
+        "timestamp",
+        "type",
+    )
+
+    def __init__(
+        self,
+        execution_id: str,
+        sequence: int,
+        type: str,
+        timestamp: str,
+        payload: Any,
+        replayable: bool = True,
+    ) -> None:
+        self.execution_id = execution_id
+        self.sequence = sequence
+        self.type = type
+        self.timestamp = timestamp
+        self.payload = payload
+        self.replayable = replayable
+        self._encoded: bytes | None = None
+
+    def encoded(self) -> bytes:
+        """``{"type","executionId","sequence","timestamp","payload"}`` as JSON bytes (cached)."""
+        data = self._encoded
+        if data is None:
+            data = self._encoded = encode_frame(
+                self.type, self.execution_id, self.sequence, self.timestamp, self.payload
+            )
+        return data
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "executionId": self.execution_id,
+            "sequence": self.sequence,
+            "timestamp": self.timestamp,
+            "payload": self.payload,
+        }
+
+    def __repr__(self) -> str:
+        return f"Frame({self.execution_id!r}, #{self.sequence}, {self.type!r})"
+
+
+Listener = Callable[[Frame], None]
+"""Called synchronously with each frame; must not block or await (queue and return)."""
+
+
+class Subscription(abc.ABC):
+    """A listener's registration on one execution. :meth:`close` stops delivery; idempotent."""
+
+    execution_id: str
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    @property
+    @abc.abstractmethod
+    def closed(self) -> bool: ...
+
+
+class Broker(abc.ABC):
+    """Sequences, retains and fans out the frames of executions."""
+
+    @abc.abstractmethod
+    def publish(
+        self, execution_id: str, type: str, payload: Any, *, replayable: bool = True
+    ) -> Frame:
+        """Give the frame the execution's next sequence number, keep it for replay when
+        ``replayable``, and deliver it to the current subscribers — synchronously, never
+        blocking."""
+
+    @abc.abstractmethod
+    async def subscribe(
+        self, execution_id: str, listener: Listener, *, last_sequence: int | None = None
+    ) -> Subscription:
+        """Deliver the execution's frames to ``listener``.
+
+        ``last_sequence`` None: live frames from now on. ``N``: first every retained frame after
+        ``N`` in order — preceded by a ``gap`` frame ``{"from", "to"}`` for sequences the log no
+        longer holds — then live frames, with no gap and no duplicate between the two. An
+        execution that does not exist yet is subscribed to from its first frame.
+        """
+
+    @abc.abstractmethod
+    def end_execution(self, execution_id: str) -> None:
+        """The execution published its final frame: keep its log ``retention_after_end_ms``,
+        then evict it."""
+
+    @abc.abstractmethod
+    def last_sequence(self, execution_id: str) -> int:
+        """The sequence of the execution's latest frame (0 when none)."""
+
+    async def flush(self) -> None:  # noqa: B027 - optional hook
+        """Wait until published frames have reached the backend (no-op in memory)."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Stop timers, drop subscriptions and logs."""
+
+
+__all__ = ["GAP", "Broker", "Frame", "Listener", "Subscription"]

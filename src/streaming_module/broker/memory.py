@@ -1,0 +1,197 @@
+"""The in-process broker: sequences, replay logs and fan-out in one event loop.
+
+Bounds (from :class:`~streaming_module.config.BrokerOptions`):
+
+- per execution, a :class:`~streaming_module.core.replay.ReplayLog` of at most
+  ``replay_max_frames`` frames no older than ``replay_max_age_ms``: about
+  ``replay_max_frames * (encoded frame + payload + ~300 bytes)``;
+- at most ``max_executions`` executions: when a new one would exceed it, the oldest *ended*
+  execution is evicted first, then the oldest one nobody is subscribed to. Executions with live
+  subscribers are never evicted under a subscriber's feet (the bound is then exceeded, with a
+  warning, until they end);
+- an ended execution is evicted ``retention_after_end_ms`` after :meth:`end_execution`, by a timer
+  of the injected clock.
+
+Everything is synchronous and runs on the caller's thread; ``subscribe`` does its replay and
+registration without yielding, so it is atomic with respect to concurrent ``publish`` calls.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from typing import Any
+
+from streaming_module.broker.base import GAP, Broker, Frame, Listener, Subscription
+from streaming_module.config import BrokerOptions
+from streaming_module.core.clock import Clock, SystemClock, TimerHandle
+from streaming_module.core.replay import ReplayLog
+
+logger = logging.getLogger("streaming_module.gateway")
+
+
+class _Execution:
+    __slots__ = ("ended", "execution_id", "last_sequence", "listeners", "log", "timer")
+
+    def __init__(self, execution_id: str, log: ReplayLog[Frame]) -> None:
+        self.execution_id = execution_id
+        self.last_sequence = 0
+        self.log = log
+        self.listeners: tuple[_MemorySubscription, ...] = ()
+        self.ended = False
+        self.timer: TimerHandle | None = None
+
+
+class _MemorySubscription(Subscription):
+    __slots__ = ("_broker", "_closed", "execution_id", "listener")
+
+    def __init__(self, broker: InMemoryBroker, execution_id: str, listener: Listener) -> None:
+        self._broker = broker
+        self.execution_id = execution_id
+        self.listener = listener
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._broker._remove(self)
+
+
+class InMemoryBroker(Broker):
+    """A :class:`Broker` for one process. See the module docstring for its bounds."""
+
+    def __init__(self, options: BrokerOptions | None = None, clock: Clock | None = None) -> None:
+        self.options = options or BrokerOptions()
+        self._clock: Clock = clock or SystemClock()
+        self._max_age = self.options.replay_max_age_ms / 1000
+        # Insertion order = creation order; ended executions also listed in end order.
+        self._executions: OrderedDict[str, _Execution] = OrderedDict()
+        self._ended: OrderedDict[str, None] = OrderedDict()
+        self._closed = False
+
+    # ------------------------------------------------------------------ state
+    @property
+    def execution_count(self) -> int:
+        return len(self._executions)
+
+    def retained(self, execution_id: str) -> int:
+        """How many frames the execution's replay log holds."""
+        ex = self._executions.get(execution_id)
+        return len(ex.log) if ex is not None else 0
+
+    def subscriber_count(self, execution_id: str) -> int:
+        ex = self._executions.get(execution_id)
+        return len(ex.listeners) if ex is not None else 0
+
+    def last_sequence(self, execution_id: str) -> int:
+        ex = self._executions.get(execution_id)
+        return ex.last_sequence if ex is not None else 0
+
+    # ------------------------------------------------------------------ contract
+    def publish(
+        self, execution_id: str, type: str, payload: Any, *, replayable: bool = True
+    ) -> Frame:
+        ex = self._executions.get(execution_id) or self._create(execution_id)
+        ex.last_sequence += 1
+        frame = Frame(
+            execution_id, ex.last_sequence, type, self._clock.now().isoformat(), payload, replayable
+        )
+        if replayable:
+            ex.log.append(frame.sequence, self._clock.monotonic(), frame)
+        for sub in ex.listeners:
+            try:
+                sub.listener(frame)
+            except Exception:
+                logger.exception("a subscriber of execution %r failed on %r", execution_id, frame)
+        return frame
+
+    async def subscribe(
+        self, execution_id: str, listener: Listener, *, last_sequence: int | None = None
+    ) -> Subscription:
+        # No await below: replay and registration are atomic w.r.t. publish.
+        ex = self._executions.get(execution_id) or self._create(execution_id)
+        sub = _MemorySubscription(self, execution_id, listener)
+        if last_sequence is not None:
+            replay = ex.log.since(last_sequence, self._clock.monotonic())
+            if replay.gap is not None:
+                gap = Frame(
+                    execution_id,
+                    replay.gap.last,
+                    GAP,
+                    self._clock.now().isoformat(),
+                    {"from": replay.gap.first, "to": replay.gap.last},
+                    replayable=False,
+                )
+                listener(gap)
+            for frame in replay.items:
+                listener(frame)
+        ex.listeners = (*ex.listeners, sub)
+        return sub
+
+    def end_execution(self, execution_id: str) -> None:
+        ex = self._executions.get(execution_id)
+        if ex is None or ex.ended:
+            return
+        ex.ended = True
+        self._ended[execution_id] = None
+        retention = self.options.retention_after_end_ms / 1000
+        ex.timer = self._clock.call_later(retention, lambda: self._evict(execution_id, ex))
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for ex in self._executions.values():
+            if ex.timer is not None:
+                ex.timer.cancel()
+            for sub in ex.listeners:
+                sub._closed = True
+            ex.listeners = ()
+            ex.log.clear()
+        self._executions.clear()
+        self._ended.clear()
+
+    # ------------------------------------------------------------------ internals
+    def _create(self, execution_id: str) -> _Execution:
+        if len(self._executions) >= self.options.max_executions:
+            self._make_room()
+        ex = _Execution(execution_id, ReplayLog(self.options.replay_max_frames, self._max_age))
+        self._executions[execution_id] = ex
+        return ex
+
+    def _make_room(self) -> None:
+        for execution_id in self._ended:
+            self._evict(execution_id, self._executions[execution_id])
+            return
+        for execution_id, ex in self._executions.items():
+            if not ex.listeners:
+                self._evict(execution_id, ex)
+                return
+        logger.warning(
+            "broker holds %d executions, all with live subscribers; over max_executions=%d "
+            "until some end",
+            len(self._executions),
+            self.options.max_executions,
+        )
+
+    def _evict(self, execution_id: str, ex: _Execution) -> None:
+        if self._executions.get(execution_id) is not ex:
+            return  # already evicted (and maybe recreated since)
+        if ex.timer is not None:
+            ex.timer.cancel()
+        del self._executions[execution_id]
+        self._ended.pop(execution_id, None)
+        for sub in ex.listeners:
+            sub._closed = True
+        ex.listeners = ()
+        ex.log.clear()
+
+    def _remove(self, sub: _MemorySubscription) -> None:
+        ex = self._executions.get(sub.execution_id)
+        if ex is not None and sub in ex.listeners:
+            ex.listeners = tuple(s for s in ex.listeners if s is not sub)
+
+
+__all__ = ["InMemoryBroker"]

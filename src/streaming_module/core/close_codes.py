@@ -1,0 +1,59 @@
+"""Every WebSocket close code the gateway uses, in one place.
+
+Codes 1000-1011 are RFC 6455's; 4000-4999 are reserved for applications, and ours mirror the
+HTTP status a client already knows (4401 ~ 401, 4403 ~ 403, 4408 ~ 408, 4429 ~ 429). A client
+decides from the code whether to reconnect, and how:
+
+==== ====================== ===============================================================
+Code Name                   Meaning / what a client should do
+==== ====================== ===============================================================
+1000 NORMAL                 Closed on request. Nothing to do.
+1001 GOING_AWAY             The server is shutting down. Reconnect later with ``lastSequence``.
+1008 POLICY_VIOLATION       The connection broke a policy (e.g. its ``Origin`` is not allowed
+                            when the refusal cannot be an HTTP 403). Do not retry unchanged.
+1009 MESSAGE_TOO_BIG        A client frame exceeded ``websocket.max_message_size``. Send smaller
+                            frames.
+1011 INTERNAL_ERROR         The server failed unexpectedly. Reconnect with ``lastSequence``.
+4008 SLOW_CONSUMER          The client read too slowly and its send queue
+                            (``websocket.send_queue_size``) filled. Resumable: reconnect and
+                            subscribe with ``lastSequence`` to receive what it missed.
+4401 UNAUTHORIZED           Missing, expired or forged JWT. Get a new token.
+4403 FORBIDDEN              The token does not allow this. Do not retry with the same token.
+4408 HEARTBEAT_TIMEOUT      No pong (nor any frame) within ``heartbeat.timeout`` ms of a ping.
+                            Reconnect with ``lastSequence``.
+4429 RATE_LIMITED           More than ``rate_limit.max_requests_per_connection`` frames per
+                            window. Back off, then reconnect.
+==== ====================== ===============================================================
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+NORMAL: Final = 1000
+GOING_AWAY: Final = 1001
+POLICY_VIOLATION: Final = 1008
+MESSAGE_TOO_BIG: Final = 1009
+INTERNAL_ERROR: Final = 1011
+SLOW_CONSUMER: Final = 4008
+UNAUTHORIZED: Final = 4401
+FORBIDDEN: Final = 4403
+HEARTBEAT_TIMEOUT: Final = 4408
+RATE_LIMITED: Final = 4429
+
+RESUMABLE: Final = frozenset({GOING_AWAY, INTERNAL_ERROR, SLOW_CONSUMER, HEARTBEAT_TIMEOUT})
+"""Codes after which reconnecting with ``lastSequence`` recovers every retained frame."""
+
+__all__ = [
+    "FORBIDDEN",
+    "GOING_AWAY",
+    "HEARTBEAT_TIMEOUT",
+    "INTERNAL_ERROR",
+    "MESSAGE_TOO_BIG",
+    "NORMAL",
+    "POLICY_VIOLATION",
+    "RATE_LIMITED",
+    "RESUMABLE",
+    "SLOW_CONSUMER",
+    "UNAUTHORIZED",
+]
