@@ -1,0 +1,1 @@
+"""The WebSocket gateway: aiohttp server, StreamingWebSocketGateway, auth, limits, CORS."""
