@@ -1,0 +1,664 @@
+"""A Python client for the streaming gateway that reconnects and resumes by itself.
+
+::
+
+    async with StreamingClient("ws://127.0.0.1:8080/ws") as client:
+        async for frame in client.stream(execution_id):
+            print(frame.content, end="", flush=True)
+
+:meth:`StreamingClient.stream` yields every frame of one execution exactly once, in sequence
+order, and ends after the run's final ``status`` frame (``completed``, ``failed`` or
+``cancelled``). When the connection drops, the client reconnects with exponential backoff and
+jitter (a bounded number of attempts), subscribes again with ``lastSequence`` set to the last
+sequence it delivered, and drops any frame it already delivered: a consumer sees no duplicate and,
+unless the server announces a ``gap``, no hole.
+
+Errors: a refused token (HTTP 401/403 at the upgrade, close code 4401/4403, or an ``error``
+reply with code ``unauthorized``/``forbidden``) raises
+:class:`~streaming_module.errors.AuthenticationError` or
+:class:`~streaming_module.errors.ForbiddenError` and is never retried; running out of reconnect
+attempts raises :class:`ReconnectFailedError`.
+
+Memory: each subscription buffers at most ``queue_size`` undelivered frames. When a consumer falls
+that far behind, the client stops reading the socket (back-pressure): the server then applies its
+slow-client policy (close 4008), and the client resumes from its last sequence once the consumer
+catches up. Nothing is lost either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Final
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+
+from streaming_module.errors import AuthenticationError, ForbiddenError, WebSocketError
+
+logger = logging.getLogger("streaming_module.client")
+
+FINAL_STATUSES: Final = frozenset({"completed", "failed", "cancelled"})
+ALL_EVENTS: Final = ("token", "event", "progress", "status")
+
+CLOSE_UNAUTHORIZED: Final = 4401
+CLOSE_FORBIDDEN: Final = 4403
+_FATAL_CLOSE_CODES: Final = frozenset({CLOSE_UNAUTHORIZED, CLOSE_FORBIDDEN})
+_REPLY_TYPES: Final = frozenset({"subscribed", "unsubscribed", "pong", "error"})
+
+
+class ReconnectFailedError(WebSocketError):
+    """The connection dropped and every reconnect attempt failed."""
+
+    default_code = "reconnect_failed"
+
+
+class ClientClosedError(WebSocketError):
+    """The client was closed while a subscription was still open."""
+
+    default_code = "client_closed"
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One server frame of an execution, as the wire protocol carries it.
+
+    ``payload`` is the frame's ``payload`` object; ``raw`` the whole decoded frame.
+    """
+
+    type: str
+    execution_id: str | None
+    sequence: int | None
+    payload: dict[str, Any]
+    timestamp: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def content(self) -> str:
+        """A token frame's text; ``""`` for every other frame."""
+        if self.type != "token":
+            return ""
+        value = self.payload.get("content", "")
+        return value if isinstance(value, str) else str(value)
+
+    @property
+    def status(self) -> str | None:
+        """A status frame's status (``started``, ``completed``, ``failed``, ``cancelled``)."""
+        if self.type != "status":
+            return None
+        value = self.payload.get("status")
+        return value if isinstance(value, str) else None
+
+    @property
+    def is_final(self) -> bool:
+        """Whether this is the run's last frame: a ``completed``/``failed``/``cancelled`` status."""
+        return self.status in FINAL_STATUSES
+
+    @classmethod
+    def from_message(cls, message: Mapping[str, Any]) -> Frame:
+        payload = message.get("payload")
+        execution_id = message.get("executionId")
+        if execution_id is None and isinstance(payload, Mapping):
+            execution_id = payload.get("executionId")
+        sequence = message.get("sequence")
+        return cls(
+            type=str(message.get("type", "")),
+            execution_id=execution_id if isinstance(execution_id, str) else None,
+            sequence=sequence
+            if isinstance(sequence, int) and not isinstance(sequence, bool)
+            else None,
+            payload=dict(payload) if isinstance(payload, Mapping) else {},
+            timestamp=message.get("timestamp")
+            if isinstance(message.get("timestamp"), str)
+            else None,
+            raw=dict(message),
+        )
+
+
+class _Inbox:
+    """A bounded FIFO of frames for one subscription that can also be closed with an error.
+
+    ``put`` waits while full (back-pressure on the socket reader); ``close`` wakes everyone and
+    makes ``put`` a no-op, so an abandoned subscription never blocks the reader.
+    """
+
+    __slots__ = ("_closed", "_error", "_items", "_maxsize", "_not_empty", "_not_full")
+
+    def __init__(self, maxsize: int) -> None:
+        self._items: deque[Frame] = deque()
+        self._maxsize = maxsize
+        self._not_empty = asyncio.Event()
+        self._not_full = asyncio.Event()
+        self._not_full.set()
+        self._closed = False
+        self._error: BaseException | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def put(self, frame: Frame) -> None:
+        while len(self._items) >= self._maxsize and not self._closed:
+            self._not_full.clear()
+            await self._not_full.wait()
+        if self._closed:
+            return
+        self._items.append(frame)
+        self._not_empty.set()
+
+    def close(self, error: BaseException | None = None) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._error = error
+        self._not_empty.set()
+        self._not_full.set()
+
+    async def get(self) -> Frame | None:
+        """The next frame; ``None`` once closed and drained; raises the close error, if any,
+        after the frames queued before it."""
+        while not self._items:
+            if self._closed:
+                if self._error is not None:
+                    raise self._error
+                return None
+            self._not_empty.clear()
+            await self._not_empty.wait()
+        frame = self._items.popleft()
+        if len(self._items) < self._maxsize:
+            self._not_full.set()
+        return frame
+
+
+class Subscription:
+    """An execution's frames, delivered exactly once in sequence order. Iterate it with
+    ``async for``; iteration ends after the final status frame.
+
+    ``last_sequence`` is the sequence of the last frame delivered (what a resume starts after).
+    """
+
+    def __init__(
+        self,
+        client: StreamingClient,
+        execution_id: str,
+        events: tuple[str, ...] | None,
+        last_sequence: int | None,
+        queue_size: int,
+    ) -> None:
+        self._client = client
+        self.execution_id = execution_id
+        self.events = events
+        self.last_sequence = last_sequence
+        self.duplicates_dropped = 0
+        self.finished = False
+        self._inbox = _Inbox(queue_size)
+        self._ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def __aiter__(self) -> AsyncIterator[Frame]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Frame]:
+        while True:
+            frame = await self._inbox.get()
+            if frame is None:
+                return
+            yield frame
+            if frame.is_final:
+                return
+
+    async def unsubscribe(self) -> None:
+        """Stop receiving this execution's frames (idempotent)."""
+        await self._client._unsubscribe(self)
+
+    def _resume_from(self) -> int:
+        # Without any delivered frame, 0 replays from the start: more than needed, never less.
+        return self.last_sequence if self.last_sequence is not None else 0
+
+    def _accept(self, frame: Frame) -> bool:
+        """Whether ``frame`` is new; advances ``last_sequence``."""
+        if frame.type == "gap":
+            to = frame.payload.get("to", frame.raw.get("to"))
+            if isinstance(to, int) and (self.last_sequence is None or to > self.last_sequence):
+                self.last_sequence = to
+        if frame.sequence is None:
+            return True
+        if self.last_sequence is not None and frame.sequence <= self.last_sequence:
+            self.duplicates_dropped += 1
+            return False
+        self.last_sequence = frame.sequence
+        return True
+
+    def _fail(self, error: BaseException) -> None:
+        if not self._ack.done():
+            self._ack.set_exception(error)
+            # The subscriber may never await the ack (it is failing anyway).
+            self._ack.exception()
+        self._inbox.close(error)
+
+    def _end(self) -> None:
+        self.finished = True
+        if not self._ack.done():
+            self._ack.set_result(None)
+        self._inbox.close()
+
+
+def _ws_url(url: str) -> str:
+    parts = urlsplit(url)
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    if scheme not in ("ws", "wss"):
+        raise ValueError(f"expected a ws://, wss://, http:// or https:// URL, got {url!r}")
+    return urlunsplit((scheme, parts.netloc, parts.path or "/", parts.query, ""))
+
+
+def _redacted(url: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "…" if parts.query else "", ""))
+
+
+class StreamingClient:
+    """A WebSocket client for :class:`~streaming_module.StreamingWebSocketGateway`.
+
+    ``url`` is the gateway's WebSocket URL (``ws://host:port/ws``; ``http://`` is accepted and
+    converted). ``token`` is a JWT sent as ``Authorization: Bearer`` at the upgrade.
+
+    Reconnection: after an unexpected close the client waits
+    ``min(backoff_max, backoff_initial * backoff_factor ** n)`` seconds, less a random fraction
+    up to ``jitter`` of it, for attempt ``n``, and gives up after ``max_reconnect_attempts``
+    consecutive failures (the counter resets once a connection succeeds). The first connection
+    gets the same number of attempts. ``heartbeat`` (seconds, or ``None``) pings the server so
+    a silently dead connection is noticed and replaced.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        max_reconnect_attempts: int = 10,
+        backoff_initial: float = 0.1,
+        backoff_max: float = 5.0,
+        backoff_factor: float = 2.0,
+        jitter: float = 0.5,
+        connect_timeout: float = 10.0,
+        subscribe_timeout: float = 30.0,
+        heartbeat: float | None = 30.0,
+        queue_size: int = 10_000,
+        session: aiohttp.ClientSession | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if max_reconnect_attempts < 0:
+            raise ValueError("max_reconnect_attempts must be >= 0")
+        if not 0 <= jitter <= 1:
+            raise ValueError("jitter is a fraction of the delay, from 0 to 1")
+        if queue_size < 1:
+            raise ValueError("queue_size must be >= 1")
+        self.url = _ws_url(url)
+        self._headers = dict(headers or {})
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
+        self.max_reconnect_attempts = max_reconnect_attempts
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.backoff_factor = backoff_factor
+        self.jitter = jitter
+        self.connect_timeout = connect_timeout
+        self.subscribe_timeout = subscribe_timeout
+        self.heartbeat = heartbeat
+        self.queue_size = queue_size
+        self.reconnects = 0
+        """How many times the client reconnected after a drop."""
+        self._rng = rng or random.Random()
+        self._session = session
+        self._owns_session = session is None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._subs: dict[str, Subscription] = {}
+        self._send_lock = asyncio.Lock()
+        self._runner: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+        self._closing = False
+        self._failure: BaseException | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> StreamingClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._ws is not None and not self._ws.closed
+
+    async def connect(self) -> None:
+        """Open the connection (retrying like a reconnect) and start reading frames.
+
+        Raises :class:`AuthenticationError`/:class:`ForbiddenError` when the token is refused,
+        :class:`ReconnectFailedError` when the server stays unreachable.
+        """
+        if self._runner is not None:
+            return
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        self._ws = await self._open_with_retries(first=True)
+        self._connected.set()
+        self._runner = asyncio.create_task(self._run(), name="streaming-client-reader")
+
+    async def close(self) -> None:
+        """Unsubscribe nothing, close the socket with 1000 and stop every task (idempotent).
+        Open subscriptions end with :class:`ClientClosedError`."""
+        self._closing = True
+        ws = self._ws
+        if ws is not None and not ws.closed:
+            with contextlib.suppress(Exception):
+                await ws.close()
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+            self._runner = None
+        for sub in list(self._subs.values()):
+            sub._fail(ClientClosedError("the client was closed"))
+        self._subs.clear()
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # ------------------------------------------------------------------ public API
+
+    async def subscribe(
+        self,
+        execution_id: str,
+        events: Iterable[str] | None = None,
+        last_sequence: int | None = None,
+    ) -> Subscription:
+        """Subscribe to ``execution_id`` and wait for the server's ``subscribed`` reply.
+
+        ``events`` selects among ``token``, ``event``, ``progress`` and ``status`` frames
+        (default: all). ``last_sequence=None`` starts live; ``N`` first replays every retained
+        frame after ``N`` (``0``: from the start).
+        """
+        if self._failure is not None:
+            raise self._failure
+        if self._runner is None:
+            raise WebSocketError(
+                "the client is not connected: use 'async with StreamingClient(url) as client' "
+                "or await client.connect() first",
+                code="not_connected",
+            )
+        if execution_id in self._subs:
+            raise WebSocketError(
+                f"already subscribed to execution {execution_id!r} on this client",
+                code="already_subscribed",
+            )
+        sub = Subscription(
+            self,
+            execution_id,
+            tuple(events) if events is not None else None,
+            last_sequence,
+            self.queue_size,
+        )
+        self._subs[execution_id] = sub
+        if self._connected.is_set():
+            await self._send_subscribe(sub, last_sequence)
+        try:
+            await asyncio.wait_for(asyncio.shield(sub._ack), self.subscribe_timeout)
+        except TimeoutError:
+            self._subs.pop(execution_id, None)
+            raise WebSocketError(
+                f"no reply to subscribe_execution {execution_id!r} within "
+                f"{self.subscribe_timeout:g} s",
+                code="timeout",
+            ) from None
+        except BaseException:
+            self._subs.pop(execution_id, None)
+            raise
+        return sub
+
+    async def stream(
+        self,
+        execution_id: str,
+        events: Iterable[str] | None = None,
+        last_sequence: int | None = 0,
+    ) -> AsyncIterator[Frame]:
+        """Every frame of ``execution_id``, exactly once, ending after its final status.
+
+        By default it replays the run from its first frame (``last_sequence=0``), so subscribing
+        before or during a run yields the same frames; pass ``None`` to start live. Leaving the
+        loop early unsubscribes.
+        """
+        sub = await self.subscribe(execution_id, events, last_sequence)
+        try:
+            async for frame in sub:
+                yield frame
+        finally:
+            await sub.unsubscribe()
+
+    async def collect_text(self, execution_id: str, last_sequence: int | None = 0) -> str:
+        """The run's token text, concatenated in order, once the run has ended."""
+        parts: list[str] = []
+        async for frame in self.stream(execution_id, last_sequence=last_sequence):
+            if frame.type == "token":
+                parts.append(frame.content)
+        return "".join(parts)
+
+    async def ping(self) -> None:
+        """Send a protocol-level ``ping`` (the server answers ``pong``)."""
+        await self._send({"type": "ping", "payload": {}})
+
+    # ------------------------------------------------------------------ internals
+
+    async def _unsubscribe(self, sub: Subscription) -> None:
+        if self._subs.get(sub.execution_id) is sub:
+            del self._subs[sub.execution_id]
+            if self.connected:
+                with contextlib.suppress(Exception):
+                    await self._send(
+                        {
+                            "type": "unsubscribe_execution",
+                            "payload": {"executionId": sub.execution_id},
+                        }
+                    )
+        sub._end()
+
+    async def _send(self, message: Mapping[str, Any]) -> None:
+        ws = self._ws
+        if ws is None or ws.closed:
+            return  # the reconnect re-sends what matters (subscriptions)
+        async with self._send_lock:
+            await ws.send_str(json.dumps(message, separators=(",", ":")))
+
+    async def _send_subscribe(self, sub: Subscription, last_sequence: int | None) -> None:
+        payload: dict[str, Any] = {"executionId": sub.execution_id}
+        payload["events"] = list(sub.events) if sub.events is not None else list(ALL_EVENTS)
+        if last_sequence is not None:
+            payload["lastSequence"] = last_sequence
+        await self._send({"type": "subscribe_execution", "payload": payload})
+
+    def _delay(self, attempt: int) -> float:
+        base = min(self.backoff_max, self.backoff_initial * self.backoff_factor**attempt)
+        return base * (1 - self.jitter * self._rng.random())
+
+    async def _open(self) -> aiohttp.ClientWebSocketResponse:
+        assert self._session is not None
+        try:
+            return await self._session.ws_connect(
+                self.url,
+                headers=self._headers,
+                heartbeat=self.heartbeat,
+                timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
+                max_msg_size=0,
+                autoping=True,
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            if exc.status == 401:
+                raise AuthenticationError(
+                    "the gateway refused the connection (HTTP 401): pass a valid JWT as "
+                    "StreamingClient(url, token=...)"
+                ) from None
+            if exc.status == 403:
+                raise ForbiddenError(
+                    "the gateway refused the connection (HTTP 403): the token or origin is "
+                    "not allowed"
+                ) from None
+            raise
+
+    async def _open_with_retries(self, *, first: bool) -> aiohttp.ClientWebSocketResponse:
+        attempt = 0
+        while True:
+            try:
+                return await asyncio.wait_for(self._open(), self.connect_timeout)
+            except (AuthenticationError, ForbiddenError):
+                raise
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                if attempt >= self.max_reconnect_attempts:
+                    raise ReconnectFailedError(
+                        f"could not {'connect' if first else 'reconnect'} to "
+                        f"{_redacted(self.url)} after {attempt + 1} attempt(s): {exc}",
+                        context={"attempts": attempt + 1},
+                    ) from exc
+                delay = self._delay(attempt)
+                logger.info(
+                    "%s to %s failed (%s); retrying in %.2f s (attempt %d of %d)",
+                    "connection" if first else "reconnection",
+                    _redacted(self.url),
+                    type(exc).__name__,
+                    delay,
+                    attempt + 1,
+                    self.max_reconnect_attempts,
+                )
+                attempt += 1
+                await asyncio.sleep(delay)
+
+    async def _run(self) -> None:
+        """Read frames; on an unexpected close, reconnect and resume every subscription."""
+        try:
+            while True:
+                ws = self._ws
+                assert ws is not None
+                await self._read(ws)
+                if self._closing:
+                    return
+                code = ws.close_code
+                self._connected.clear()
+                if code in _FATAL_CLOSE_CODES:
+                    error: WebSocketError = (
+                        AuthenticationError(
+                            "the gateway closed the connection with 4401: the token is missing, "
+                            "expired or invalid"
+                        )
+                        if code == CLOSE_UNAUTHORIZED
+                        else ForbiddenError(
+                            "the gateway closed the connection with 4403: not allowed"
+                        )
+                    )
+                    self._fail_all(error)
+                    return
+                logger.info(
+                    "connection to %s closed (code %s); reconnecting and resuming %d "
+                    "subscription(s)",
+                    _redacted(self.url),
+                    code,
+                    len(self._subs),
+                )
+                try:
+                    self._ws = await self._open_with_retries(first=False)
+                except WebSocketError as exc:
+                    self._fail_all(exc)
+                    return
+                self.reconnects += 1
+                self._connected.set()
+                for sub in list(self._subs.values()):
+                    await self._send_subscribe(sub, sub._resume_from())
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug or an unexpected library error: fail loudly, once
+            logger.exception("streaming client reader failed")
+            self._fail_all(WebSocketError(f"the client's reader failed: {exc!r}"))
+
+    def _fail_all(self, error: BaseException) -> None:
+        self._failure = error
+        for sub in list(self._subs.values()):
+            sub._fail(error)
+        self._subs.clear()
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        async for msg in ws:
+            if msg.type is aiohttp.WSMsgType.TEXT:
+                try:
+                    message = json.loads(msg.data)
+                except ValueError:
+                    logger.warning("ignoring a frame that is not JSON")
+                    continue
+                if isinstance(message, dict):
+                    await self._dispatch(message)
+            elif msg.type is aiohttp.WSMsgType.ERROR:
+                logger.info("connection error: %s", ws.exception())
+                break
+
+    async def _dispatch(self, message: dict[str, Any]) -> None:
+        frame = Frame.from_message(message)
+        if frame.type in _REPLY_TYPES:
+            self._on_reply(frame)
+            return
+        sub = self._subs.get(frame.execution_id) if frame.execution_id is not None else None
+        if sub is None or not sub._accept(frame):
+            return
+        if not sub._ack.done():
+            # A frame can only follow the `subscribed` reply; accept it as the ack.
+            sub._ack.set_result(None)
+        await sub._inbox.put(frame)
+        if frame.is_final:
+            self._subs.pop(frame.execution_id or "", None)
+            sub.finished = True
+            sub._inbox.close()
+
+    def _on_reply(self, frame: Frame) -> None:
+        if frame.type == "pong":
+            return
+        sub = self._subs.get(frame.execution_id) if frame.execution_id is not None else None
+        if sub is None and frame.type in ("subscribed", "error"):
+            # A reply without an execution id answers the oldest subscription still waiting.
+            sub = next((s for s in self._subs.values() if not s._ack.done()), None)
+        if frame.type == "subscribed":
+            if sub is not None and not sub._ack.done():
+                sub._ack.set_result(None)
+            return
+        if frame.type == "error":
+            code = str(frame.payload.get("code", "error"))
+            text = str(frame.payload.get("message", "the server reported an error"))
+            if sub is None:
+                logger.warning("server error %s: %s", code, text)
+                return
+            if code in ("unauthorized", "forbidden"):
+                cls = AuthenticationError if code == "unauthorized" else ForbiddenError
+                self._subs.pop(sub.execution_id, None)
+                sub._fail(cls(f"execution {sub.execution_id!r}: {text}", code=code))
+            elif not sub._ack.done():
+                self._subs.pop(sub.execution_id, None)
+                sub._fail(WebSocketError(f"subscribe {sub.execution_id!r}: {text}", code=code))
+            else:
+                logger.warning("server error for %s: %s: %s", sub.execution_id, code, text)
+
+
+__all__ = [
+    "ClientClosedError",
+    "Frame",
+    "ReconnectFailedError",
+    "StreamingClient",
+    "Subscription",
+]
