@@ -66,8 +66,8 @@ def test_percent_is_current_over_total_clamped() -> None:
 
 def test_a_calculator_replaces_the_percent_and_sees_the_metadata() -> None:
     def calc(current: float, total: float, metadata: dict[str, Any] | None) -> float:
-        complexity = (metadata or {}).get("complexity", 1)
-        return min(current / total * 100 * complexity, 100)
+        complexity = float((metadata or {}).get("complexity", 1))
+        return min(current / total * 100 * complexity, 100.0)
 
     o = opts(calculator=calc)
     assert compute_percent(10, 100, o, {"complexity": 2}) == 20.0
@@ -136,6 +136,7 @@ def test_rate_is_an_ewma_of_instant_rates() -> None:
     r.observe(0, 0)
     r.observe(1, 10)  # 10/s
     rate = r.observe(2, 30)  # 20/s
+    assert rate is not None
     assert rate == pytest.approx(RATE_SMOOTHING * 20 + (1 - RATE_SMOOTHING) * 10)
     assert r.observe(3, 25) == pytest.approx((1 - RATE_SMOOTHING) * rate)  # backwards counts 0
     with pytest.raises(ValueError):

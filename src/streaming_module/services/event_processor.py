@@ -1,0 +1,483 @@
+"""EventStreamProcessorService: publish workflow events and process streams of them.
+
+Publishing (:meth:`~EventStreamProcessorService.emit_event`, ``emit_update``, ``emit_status``)
+is synchronous: every subscriber of the global stream and of the execution's stream has seen the
+update when the call returns. Subscribers are reactivex observers of a subject that catches and
+logs (logger ``streaming_module.events``) whatever one of them raises, so the others and the
+publisher carry on.
+
+Memory: one subject and one sequence counter per execution that has subscribers or events, freed
+by :meth:`~EventStreamProcessorService.complete_execution` — called automatically by a final
+status (``completed``, ``failed``, ``cancelled``). Nothing is kept for replay here (that is the
+broker's job): an update reaches the subscribers present when it is published.
+
+The processing helpers (``filter_events``, ``transform_events``, ``aggregate_by_execution``,
+``process_batch``, ``group_events_by_type``) are thin adapters over the pure
+:mod:`streaming_module.core.events`.
+
+Not thread-safe: publish from the event loop's thread (a node running in a worker thread should
+hand its events over with ``loop.call_soon_threadsafe``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import reactivex
+from reactivex import GroupedObservable, Observable, abc
+from reactivex import operators as ops
+from reactivex.disposable import CompositeDisposable, Disposable
+
+from streaming_module.config import EventFilterCriteria, StreamingModuleOptions, parse_options
+from streaming_module.core.clock import Clock, SystemClock, TimerHandle
+from streaming_module.core.events import (
+    Batcher,
+    aggregate_for_execution,
+    check_priority,
+    coerce_event_type,
+    coerce_event_types,
+    default_priority,
+    filter_updates,
+    transform_updates,
+)
+from streaming_module.errors import EventStreamingError
+from streaming_module.services._streams import (
+    DEFAULT_MAX_QUEUE,
+    ObservableAsyncIterator,
+    OverflowPolicy,
+    observable_to_async_iter,
+)
+from streaming_module.services._subjects import SafeSubject
+from streaming_module.types import (
+    FINAL_STATUSES,
+    EventPriority,
+    RunStatus,
+    StatusData,
+    StreamEventType,
+    StreamMetadata,
+    StreamUpdate,
+)
+
+logger = logging.getLogger("streaming_module.events")
+
+_RUN_STATUSES = ("started", "completed", "failed", "cancelled")
+# Metadata keys the service sets itself; a caller's values for them are ignored.
+_OWNED_KEYS = frozenset({"timestamp", "sequence_number", "execution_id"})
+
+Update = StreamUpdate[Any]
+
+
+def _check_execution_id(execution_id: Any) -> str:
+    if not isinstance(execution_id, str) or not execution_id.strip():
+        raise EventStreamingError(
+            f"execution_id must be a non-empty string, got {execution_id!r}",
+            code="invalid_execution_id",
+            context={"execution_id": execution_id},
+        )
+    return execution_id
+
+
+class EventStreamProcessorService:
+    """Publishes workflow events per execution and processes event streams (the manual's
+    ``EventStreamProcessorService``).
+
+    ``options`` (a :class:`StreamingModuleOptions` or a dict) is kept for the container's sake;
+    ``clock`` gives timestamps and ``process_batch``'s debounce timers (default: real time).
+    """
+
+    def __init__(
+        self,
+        options: StreamingModuleOptions | Mapping[str, Any] | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.options = parse_options(StreamingModuleOptions, options, what="streaming options")
+        self.clock: Clock = clock or SystemClock()
+        self._global: SafeSubject[Update] = SafeSubject(logger)
+        self._executions: dict[str, SafeSubject[Update]] = {}
+        self._sequences: dict[str, int] = {}
+        self._closed = False
+
+    # ------------------------------------------------------------------ publishing
+
+    def emit_event(
+        self,
+        execution_id: str,
+        event_type: StreamEventType | str,
+        data: Any = None,
+        *,
+        node_id: str | None = None,
+        priority: EventPriority | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Update:
+        """Publish one event of ``execution_id`` and return it.
+
+        The update gets ``StreamMetadata(timestamp=clock.now(), sequence_number=<next for this
+        execution, from 1>, execution_id, node_id, **extras)``. ``metadata`` entries become
+        extras (``agent_type`` sets that field, ``node_id`` is used when the argument is not
+        given; ``timestamp``, ``sequence_number`` and ``execution_id`` are the service's and are
+        ignored). ``priority`` (else ``metadata['priority']``, else ``high`` for ``error``,
+        ``low`` for ``debug``, ``medium`` otherwise) is stored as the extra ``priority``.
+
+        Raises :class:`EventStreamingError` for an empty ``execution_id``, an unknown type or
+        priority, or a closed service.
+        """
+        self._check_open()
+        _check_execution_id(execution_id)
+        kind = coerce_event_type(event_type)
+        extras: dict[str, Any] = {}
+        agent_type: str | None = None
+        if metadata:
+            for key, value in metadata.items():
+                if key in _OWNED_KEYS:
+                    continue
+                if key == "agent_type":
+                    agent_type = value
+                elif key == "node_id":
+                    if node_id is None:
+                        node_id = value
+                else:
+                    extras[str(key)] = value
+        if priority is not None:
+            extras["priority"] = check_priority(priority)
+        elif "priority" in extras:
+            extras["priority"] = check_priority(extras["priority"])
+        else:
+            extras["priority"] = default_priority(kind)
+        update: Update = StreamUpdate(
+            kind,
+            data,
+            StreamMetadata(
+                self.clock.now(),
+                self._next_sequence(execution_id),
+                execution_id,
+                node_id,
+                agent_type,
+                **extras,
+            ),
+        )
+        self._publish(execution_id, update)
+        return update
+
+    def emit_update(self, update: StreamUpdate[Any]) -> None:
+        """Publish an update built elsewhere, unchanged. It must carry
+        ``metadata.execution_id``; later ``emit_event`` numbers continue after its
+        ``sequence_number`` (never reusing one)."""
+        self._check_open()
+        if not isinstance(update, StreamUpdate):
+            raise EventStreamingError(
+                f"emit_update takes a StreamUpdate, got {type(update).__name__}",
+                code="invalid_event",
+            )
+        if update.metadata is None:
+            raise EventStreamingError(
+                "emit_update needs an update with metadata carrying its execution_id; use "
+                "emit_event(execution_id, type, data) to have it built",
+                code="invalid_event",
+            )
+        execution_id = _check_execution_id(update.metadata.execution_id)
+        seq = update.metadata.sequence_number
+        if isinstance(seq, int) and seq > self._sequences.get(execution_id, 0):
+            self._sequences[execution_id] = seq
+        self._publish(execution_id, update)
+
+    def emit_status(
+        self,
+        execution_id: str,
+        status: RunStatus,
+        *,
+        error: str | None = None,
+        result: Any = None,
+    ) -> StreamUpdate[StatusData]:
+        """Publish a run status (type ``status``, data :class:`StatusData`). A final status
+        (``completed``, ``failed``, ``cancelled``) then completes the execution's streams and
+        frees its state, as :meth:`complete_execution` does."""
+        if status not in _RUN_STATUSES:
+            raise EventStreamingError(
+                f"unknown run status {status!r}; use one of {', '.join(_RUN_STATUSES)}",
+                code="unknown_status",
+                context={"status": status},
+            )
+        update = self.emit_event(
+            execution_id,
+            StreamEventType.STATUS,
+            StatusData(status, error, result),
+            priority="high" if status == "failed" else None,
+        )
+        if status in FINAL_STATUSES:
+            self.complete_execution(execution_id)
+        return update
+
+    # ------------------------------------------------------------------ subscribing
+
+    def get_event_stream(
+        self,
+        execution_id: str | None = None,
+        types: Iterable[StreamEventType | str] | None = None,
+    ) -> Observable[Update]:
+        """Live events: of every execution (``execution_id=None``; completes on ``aclose``) or of
+        one execution (completes when it completes; may be asked for before its first event),
+        optionally only of the given ``types``. Nothing is replayed."""
+        self._check_open()
+        if execution_id is None:
+            source: Observable[Update] = self._global
+        else:
+            _check_execution_id(execution_id)
+            source = self._execution_subject(execution_id)
+        if types is None:
+            return source.pipe(ops.as_observable())
+        wanted = coerce_event_types(types)
+
+        def wanted_type(update: Update) -> bool:
+            return update.type in wanted
+
+        return source.pipe(ops.filter(wanted_type))
+
+    def iter_event_stream(
+        self,
+        execution_id: str | None = None,
+        types: Iterable[StreamEventType | str] | None = None,
+        *,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        overflow: OverflowPolicy = "error",
+    ) -> ObservableAsyncIterator[Update]:
+        """:meth:`get_event_stream` as an async iterator (``async for``), ending when the stream
+        completes. Subscribes at once; holds at most ``max_queue`` updates for a slow consumer;
+        beyond that ``overflow='error'`` unsubscribes and raises ``StreamOverflowError`` after
+        the queued updates, ``'drop_oldest'`` discards the oldest (see
+        :func:`streaming_module.services._streams.observable_to_async_iter`)."""
+        return observable_to_async_iter(
+            self.get_event_stream(execution_id, types),
+            max_queue=max_queue,
+            overflow=overflow,
+            name="event stream",
+        )
+
+    # ------------------------------------------------------------------ processing
+
+    def process_batch(
+        self,
+        events: Iterable[Update] | Observable[Update],
+        batch_size: int = 10,
+        debounce_ms: int = 0,
+    ) -> Observable[list[Update]]:
+        """Batches of at most ``batch_size`` events: every event exactly once, in order; the
+        remainder is emitted when the source completes (or errors, before the error), then the
+        stream completes. With ``debounce_ms > 0`` a partial batch is also emitted after that many
+        milliseconds without a new event (timer from the injected clock; with the real clock it
+        needs a running event loop). Holds at most ``batch_size - 1`` events."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise EventStreamingError(
+                f"batch_size must be a whole number of at least 1, got {batch_size!r}",
+                code="invalid_argument",
+            )
+        if isinstance(debounce_ms, bool) or not isinstance(debounce_ms, (int, float)):
+            raise EventStreamingError(
+                f"debounce_ms must be a number of milliseconds, got {debounce_ms!r}",
+                code="invalid_argument",
+            )
+        if debounce_ms < 0:
+            raise EventStreamingError(
+                f"debounce_ms must be 0 or more, got {debounce_ms!r}", code="invalid_argument"
+            )
+        source = self._as_observable(events)
+        clock = self.clock
+        delay = debounce_ms / 1000.0
+
+        def subscribe(
+            observer: abc.ObserverBase[list[Update]],
+            scheduler: abc.SchedulerBase | None = None,
+        ) -> abc.DisposableBase:
+            batcher = Batcher(batch_size)
+            lock = threading.RLock()
+            timer: list[TimerHandle | None] = [None]
+
+            def cancel_timer() -> None:
+                if timer[0] is not None:
+                    timer[0].cancel()
+                    timer[0] = None
+
+            def on_quiet() -> None:
+                with lock:
+                    timer[0] = None
+                    batch = batcher.drain()
+                if batch:
+                    observer.on_next(batch)
+
+            def on_next(event: Update) -> None:
+                with lock:
+                    batch = batcher.add(event)
+                    cancel_timer()
+                    if delay > 0 and len(batcher):
+                        timer[0] = clock.call_later(delay, on_quiet)
+                if batch:
+                    observer.on_next(batch)
+
+            def on_error(exc: Exception) -> None:
+                with lock:
+                    cancel_timer()
+                    batch = batcher.drain()
+                if batch:
+                    observer.on_next(batch)
+                observer.on_error(exc)
+
+            def on_completed() -> None:
+                with lock:
+                    cancel_timer()
+                    batch = batcher.drain()
+                if batch:
+                    observer.on_next(batch)
+                observer.on_completed()
+
+            subscription = source.subscribe(on_next, on_error, on_completed, scheduler=scheduler)
+            return CompositeDisposable(subscription, Disposable(cancel_timer))
+
+        return reactivex.create(subscribe)
+
+    def group_events_by_type(
+        self, events: Observable[Update] | Iterable[Update]
+    ) -> Observable[GroupedObservable[StreamEventType, Update]]:
+        """One inner stream per event type (``group.key``), emitted when its first event arrives
+        (subscribe to it right away to see that event). All groups complete, and are released,
+        when the source completes; they error with it; disposing the outer subscription releases
+        them too. Costs one subject per distinct type (at most one per ``StreamEventType``)."""
+        source = self._as_observable(events)
+
+        def subscribe(
+            observer: abc.ObserverBase[GroupedObservable[StreamEventType, Update]],
+            scheduler: abc.SchedulerBase | None = None,
+        ) -> abc.DisposableBase:
+            groups: dict[StreamEventType, SafeSubject[Update]] = {}
+
+            def on_next(event: Update) -> None:
+                group = groups.get(event.type)
+                if group is None:
+                    group = groups[event.type] = SafeSubject(logger)
+                    observer.on_next(GroupedObservable(event.type, group))
+                group.on_next(event)
+
+            def on_error(exc: Exception) -> None:
+                released = list(groups.values())
+                groups.clear()
+                for group in released:
+                    group.on_error(exc)
+                observer.on_error(exc)
+
+            def on_completed() -> None:
+                released = list(groups.values())
+                groups.clear()
+                for group in released:
+                    group.on_completed()
+                observer.on_completed()
+
+            subscription = source.subscribe(on_next, on_error, on_completed, scheduler=scheduler)
+            return CompositeDisposable(subscription, Disposable(groups.clear))
+
+        return reactivex.create(subscribe)
+
+    def aggregate_by_execution(
+        self, execution_id: str, events: Iterable[Update]
+    ) -> dict[StreamEventType, list[Update]]:
+        """The events of ``execution_id`` grouped by type (keys in first-seen order, events in
+        arrival order); other executions' events and events without metadata are left out."""
+        _check_execution_id(execution_id)
+        return aggregate_for_execution(execution_id, events)
+
+    def filter_events(
+        self,
+        events: Iterable[Update],
+        criteria: EventFilterCriteria | Mapping[str, Any],
+    ) -> list[Update]:
+        """The events that meet every rule of ``criteria`` (an :class:`EventFilterCriteria` or a
+        dict with the same keys, snake_case or camelCase), in order. Rules:
+        :class:`streaming_module.core.events.EventFilter`. Bad criteria raise
+        :class:`~streaming_module.errors.StreamingConfigError` naming the bad key."""
+        parsed = parse_options(EventFilterCriteria, criteria, what="event filter criteria")
+        return filter_updates(events, parsed)
+
+    def transform_events(
+        self,
+        events: Iterable[Update],
+        transformer: Callable[[Update], Any],
+    ) -> list[Update]:
+        """``transformer`` applied to each event. It may return a :class:`StreamUpdate`, or a
+        dict in the manual's spread style (``lambda e: {**e, "enriched": True}``) that is merged
+        into a new update: ``type``/``data``/``metadata`` replace those fields, metadata field
+        names set them, and every other key becomes a metadata extra (``e.metadata.enriched``).
+        The input events are never modified. See
+        :func:`streaming_module.core.events.merge_transformed`."""
+        if not callable(transformer):
+            raise EventStreamingError(
+                f"transformer must be callable, got {type(transformer).__name__}",
+                code="invalid_argument",
+            )
+        return transform_updates(events, transformer)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def complete_execution(self, execution_id: str) -> None:
+        """Complete the execution's streams and free its subject and counter. Idempotent. A later
+        event of the same id starts afresh (sequence numbers from 1)."""
+        self._sequences.pop(execution_id, None)
+        subject = self._executions.pop(execution_id, None)
+        if subject is not None:
+            subject.on_completed()
+
+    @property
+    def active_executions(self) -> list[str]:
+        """Executions holding a subject or a sequence counter (introspection, tests)."""
+        return sorted(set(self._executions) | set(self._sequences))
+
+    async def aclose(self) -> None:
+        """Complete every stream (per execution, then the global one) and refuse further use.
+        Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for execution_id in list(self._executions):
+            self.complete_execution(execution_id)
+        self._sequences.clear()
+        self._global.on_completed()
+
+    # ------------------------------------------------------------------ internals
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EventStreamingError(
+                "the event processor is closed (aclose was called); build a new one",
+                code="closed",
+            )
+
+    def _next_sequence(self, execution_id: str) -> int:
+        seq = self._sequences.get(execution_id, 0) + 1
+        self._sequences[execution_id] = seq
+        return seq
+
+    def _execution_subject(self, execution_id: str) -> SafeSubject[Update]:
+        subject = self._executions.get(execution_id)
+        if subject is None:
+            subject = self._executions[execution_id] = SafeSubject(logger)
+        return subject
+
+    def _publish(self, execution_id: str, update: Update) -> None:
+        subject = self._executions.get(execution_id)
+        if subject is not None:
+            subject.on_next(update)
+        self._global.on_next(update)
+
+    @staticmethod
+    def _as_observable(events: Iterable[Update] | Observable[Update]) -> Observable[Update]:
+        if isinstance(events, Observable):
+            return events
+        if isinstance(events, (str, bytes)) or not isinstance(events, Iterable):
+            raise EventStreamingError(
+                f"expected an Observable or an iterable of StreamUpdate, got "
+                f"{type(events).__name__}",
+                code="invalid_argument",
+            )
+        return reactivex.from_iterable(events)
+
+
+__all__ = ["EventStreamProcessorService"]
