@@ -1,0 +1,396 @@
+"""ProgressTrackingService: per execution and node progress trackers, their reports as streams.
+
+A :class:`ProgressTracker` turns ``update(current, total)`` calls into progress updates —
+``StreamUpdate(type=PROGRESS, data=ProgressData(...), metadata=StreamMetadata(..., execution_id,
+node_id))`` — following its :class:`~streaming_module.config.StreamProgressOptions`. What is
+reported, and how rate, ETA and milestones are computed, is decided by the pure
+:class:`streaming_module.core.progress.ProgressComputer` (see that module's docstring); this module
+adds time (the injected clock), sequence numbers (per execution, from 1) and synchronous delivery
+to subscribers (a subscriber that raises is logged on ``streaming_module.progress`` and the others
+still get the update).
+
+Memory: a tracker is a few floats plus its last report; one subject per stream asked for. A
+tracker is released by ``close_tracker``; an execution's trackers, subjects and counter by
+``close_execution``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from reactivex import Observable
+from reactivex import operators as ops
+
+from streaming_module.config import StreamingModuleOptions, StreamProgressOptions, parse_options
+from streaming_module.core.clock import Clock, SystemClock
+from streaming_module.core.progress import ProgressComputer
+from streaming_module.errors import ProgressTrackingError
+from streaming_module.services._streams import (
+    DEFAULT_MAX_QUEUE,
+    ObservableAsyncIterator,
+    OverflowPolicy,
+    observable_to_async_iter,
+)
+from streaming_module.services._subjects import SafeSubject
+from streaming_module.types import ProgressData, StreamEventType, StreamMetadata, StreamUpdate
+
+logger = logging.getLogger("streaming_module.progress")
+
+TrackerKey = tuple[str, str | None]
+ProgressUpdate = StreamUpdate[ProgressData]
+# Metadata keys the service sets itself; a caller's values for them are ignored.
+_OWNED_KEYS = frozenset({"timestamp", "sequence_number", "execution_id", "node_id"})
+
+
+def _check_execution_id(execution_id: Any) -> str:
+    if not isinstance(execution_id, str) or not execution_id.strip():
+        raise ProgressTrackingError(
+            f"execution_id must be a non-empty string, got {execution_id!r}",
+            code="invalid_execution_id",
+            context={"execution_id": execution_id},
+        )
+    return execution_id
+
+
+def _describe(key: TrackerKey) -> str:
+    return f"{key[0]}:{key[1]}" if key[1] is not None else key[0]
+
+
+class ProgressTracker:
+    """Progress of one execution, or one node of it. Get one from
+    :meth:`ProgressTrackingService.create_tracker`.
+
+    ``last`` is the last reported :class:`ProgressData` (``None`` before the first report).
+    Reporting is synchronous: when ``update``/``update_nowait`` returns, subscribers have the
+    update.
+    """
+
+    def __init__(
+        self,
+        execution_id: str,
+        node_id: str | None,
+        options: StreamProgressOptions,
+        clock: Clock,
+        publish: Callable[[ProgressTracker, ProgressData, Mapping[str, Any] | None], None],
+        on_close: Callable[[ProgressTracker], None],
+    ) -> None:
+        self.execution_id = execution_id
+        self.node_id = node_id
+        self.options = options
+        self._clock = clock
+        self._publish = publish
+        self._on_close = on_close
+        self._core = ProgressComputer(options, clock.monotonic())
+        self.closed = False
+
+    @property
+    def key(self) -> TrackerKey:
+        return (self.execution_id, self.node_id)
+
+    @property
+    def last(self) -> ProgressData | None:
+        return self._core.last
+
+    @property
+    def rate(self) -> float | None:
+        """The current smoothed rate in items per second (``None`` until known)."""
+        return self._core.rate
+
+    def update_nowait(
+        self,
+        current: float,
+        total: float,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> ProgressData | None:
+        """Record progress; report it if the rules allow (first, last, milestone, then
+        ``interval`` and ``granularity``). Returns the reported data, or ``None`` when held back
+        (or when the tracker is ``enabled=False``: it then reports nothing).
+
+        ``metadata`` goes to the ``calculator`` and into the update's metadata extras.
+        Raises :class:`ProgressTrackingError` for a closed tracker or bad numbers.
+        """
+        return self._observe(current, total, metadata, force=False)
+
+    async def update(
+        self,
+        current: float,
+        total: float,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> ProgressData | None:
+        """:meth:`update_nowait` for ``await self.progress.update(...)`` (it never waits)."""
+        return self._observe(current, total, metadata, force=False)
+
+    async def start(self, total: float = 100) -> ProgressData:
+        """Start (or restart) timing now and report 0 %. Rate, ETA and milestones start afresh."""
+        self._check_open()
+        self._core.restart(self._clock.monotonic())
+        data = self._observe(0, total, None, force=True)
+        assert data is not None  # forced observations always produce data
+        return data
+
+    async def complete(self, metadata: Mapping[str, Any] | None = None) -> ProgressData:
+        """Report 100 % (``current = total``, ``eta`` 0 with ``include_eta``), always, whatever
+        the interval. The total is the last update's (100 if there was none)."""
+        total = self._core.last.total if self._core.last is not None else 100.0
+        data = self._observe(total, total, metadata, force=True)
+        assert data is not None  # forced observations always produce data
+        return data
+
+    def close(self) -> None:
+        """Stop this tracker and complete its node stream (see ``close_tracker``). Idempotent."""
+        if not self.closed:
+            self._on_close(self)
+
+    def __repr__(self) -> str:
+        last = f"{self.last.progress:.1f}%" if self.last is not None else "none"
+        return f"ProgressTracker({_describe(self.key)!r}, last={last}, closed={self.closed})"
+
+    # ------------------------------------------------------------------ internals
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ProgressTrackingError(
+                f"progress tracker {_describe(self.key)!r} is closed; create a new one with "
+                "create_tracker(...)",
+                code="tracker_closed",
+                context={"execution_id": self.execution_id, "node_id": self.node_id},
+            )
+
+    def _observe(
+        self,
+        current: Any,
+        total: Any,
+        metadata: Mapping[str, Any] | None,
+        *,
+        force: bool,
+    ) -> ProgressData | None:
+        self._check_open()
+        try:
+            data = self._core.observe(
+                current, total, self._clock.monotonic(), metadata, force=force
+            )
+        except ProgressTrackingError as exc:
+            exc.context.setdefault("execution_id", self.execution_id)
+            exc.context.setdefault("node_id", self.node_id)
+            raise
+        if data is None:
+            return None
+        if not self.options.enabled:
+            # A disabled tracker publishes nothing; start/complete still answer with the figures.
+            return data if force else None
+        self._publish(self, data, metadata)
+        return data
+
+
+class ProgressTrackingService:
+    """Per execution and node progress trackers (the manual's ``ProgressTrackingService``).
+
+    ``clock`` gives all time (monotonic for intervals and rates, wall time for timestamps);
+    ``options`` (a :class:`StreamingModuleOptions` or a dict) is kept for the container's sake.
+    Not thread-safe: use from the event loop's thread.
+    """
+
+    def __init__(
+        self,
+        options: StreamingModuleOptions | Mapping[str, Any] | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.options = parse_options(StreamingModuleOptions, options, what="streaming options")
+        self.clock: Clock = clock or SystemClock()
+        self._trackers: dict[TrackerKey, ProgressTracker] = {}
+        self._global: SafeSubject[ProgressUpdate] = SafeSubject(logger)
+        self._executions: dict[str, SafeSubject[ProgressUpdate]] = {}
+        self._nodes: dict[TrackerKey, SafeSubject[ProgressUpdate]] = {}
+        self._sequences: dict[str, int] = {}
+        self._closed = False
+
+    # ------------------------------------------------------------------ trackers
+
+    def create_tracker(
+        self,
+        execution_id: str,
+        node_id: str | None = None,
+        options: StreamProgressOptions | Mapping[str, Any] | None = None,
+    ) -> ProgressTracker:
+        """The open tracker for ``(execution_id, node_id)`` — the existing one if there is one
+        (then ``options`` is ignored), else a new one with ``options`` (a model or a dict,
+        snake_case or camelCase; bad ones raise ``StreamingConfigError``). Timing starts now."""
+        self._check_open()
+        key: TrackerKey = (_check_execution_id(execution_id), node_id)
+        tracker = self._trackers.get(key)
+        if tracker is not None:
+            return tracker
+        parsed = parse_options(StreamProgressOptions, options, what="progress options")
+        tracker = ProgressTracker(
+            execution_id, node_id, parsed, self.clock, self._publish, self._close_tracker
+        )
+        self._trackers[key] = tracker
+        return tracker
+
+    def get_tracker(self, execution_id: str, node_id: str | None = None) -> ProgressTracker:
+        """The open tracker for ``(execution_id, node_id)``; :class:`ProgressTrackingError` if
+        there is none."""
+        tracker = self._trackers.get((execution_id, node_id))
+        if tracker is None:
+            key = _describe((execution_id, node_id))
+            raise ProgressTrackingError(
+                f"no open progress tracker for {key!r}; call create_tracker("
+                f"{execution_id!r}, {node_id!r}) first",
+                code="unknown_tracker",
+                context={"execution_id": execution_id, "node_id": node_id},
+            )
+        return tracker
+
+    async def update_progress(
+        self,
+        execution_id: str,
+        node_id: str | None,
+        current: float,
+        total: float,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> ProgressData | None:
+        """``get_tracker(execution_id, node_id).update(current, total, metadata)``."""
+        return self.get_tracker(execution_id, node_id).update_nowait(current, total, metadata)
+
+    def get_active_trackers(self) -> list[ProgressTracker]:
+        """The open trackers, oldest first."""
+        return list(self._trackers.values())
+
+    def close_tracker(self, execution_id: str, node_id: str | None = None) -> None:
+        """Close that tracker (further updates raise) and complete the stream of exactly that
+        ``(execution_id, node_id)``; the execution's stream goes on. Idempotent."""
+        tracker = self._trackers.get((execution_id, node_id))
+        if tracker is not None:
+            self._close_tracker(tracker)
+
+    def close_execution(self, execution_id: str) -> None:
+        """Close every tracker of the execution, complete its streams and free its state.
+        Idempotent."""
+        for key in [k for k in self._trackers if k[0] == execution_id]:
+            self._close_tracker(self._trackers[key])
+        for key in [k for k in self._nodes if k[0] == execution_id]:
+            self._nodes.pop(key).on_completed()
+        self._sequences.pop(execution_id, None)
+        subject = self._executions.pop(execution_id, None)
+        if subject is not None:
+            subject.on_completed()
+
+    async def aclose(self) -> None:
+        """Close every tracker, complete every stream (the global one last). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for execution_id in {k[0] for k in (*self._trackers, *self._nodes)} | set(self._executions):
+            self.close_execution(execution_id)
+        self._sequences.clear()
+        self._global.on_completed()
+
+    # ------------------------------------------------------------------ streams
+
+    def get_progress_stream(
+        self, execution_id: str | None = None, node_id: str | None = None
+    ) -> Observable[ProgressUpdate]:
+        """Live progress updates:
+
+        - no arguments: every tracker's (completes on ``aclose``);
+        - ``execution_id``: that execution's, all nodes (completes on ``close_execution``);
+        - ``execution_id`` and ``node_id``: that tracker's (completes when it closes);
+        - ``node_id`` only: that node's in any execution (completes on ``aclose``).
+
+        May be asked for before the tracker exists. Nothing is replayed; ``tracker.last`` has
+        the latest report.
+        """
+        self._check_open()
+        if execution_id is None:
+            if node_id is None:
+                return self._global.pipe(ops.as_observable())
+
+            def same_node(update: ProgressUpdate) -> bool:
+                return update.node_id == node_id
+
+            return self._global.pipe(ops.filter(same_node))
+        _check_execution_id(execution_id)
+        if node_id is None:
+            subject = self._executions.get(execution_id)
+            if subject is None:
+                subject = self._executions[execution_id] = SafeSubject(logger)
+        else:
+            key: TrackerKey = (execution_id, node_id)
+            subject = self._nodes.get(key)
+            if subject is None:
+                subject = self._nodes[key] = SafeSubject(logger)
+        return subject.pipe(ops.as_observable())
+
+    def iter_progress_stream(
+        self,
+        execution_id: str | None = None,
+        node_id: str | None = None,
+        *,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        overflow: OverflowPolicy = "error",
+    ) -> ObservableAsyncIterator[ProgressUpdate]:
+        """:meth:`get_progress_stream` as an async iterator (``async for``), ending when the
+        stream completes. Subscribes at once; holds at most ``max_queue`` updates for a slow
+        consumer; beyond that ``overflow='error'`` unsubscribes and raises
+        ``StreamOverflowError`` after the queued updates, ``'drop_oldest'`` discards the oldest
+        (see :func:`streaming_module.services._streams.observable_to_async_iter`)."""
+        return observable_to_async_iter(
+            self.get_progress_stream(execution_id, node_id),
+            max_queue=max_queue,
+            overflow=overflow,
+            name="progress stream",
+        )
+
+    # ------------------------------------------------------------------ internals
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ProgressTrackingError(
+                "the progress tracking service is closed (aclose was called); build a new one",
+                code="closed",
+            )
+
+    def _close_tracker(self, tracker: ProgressTracker) -> None:
+        tracker.closed = True
+        if self._trackers.get(tracker.key) is tracker:
+            del self._trackers[tracker.key]
+        subject = self._nodes.pop(tracker.key, None) if tracker.node_id is not None else None
+        if subject is not None:
+            subject.on_completed()
+
+    def _publish(
+        self,
+        tracker: ProgressTracker,
+        data: ProgressData,
+        metadata: Mapping[str, Any] | None,
+    ) -> None:
+        execution_id = tracker.execution_id
+        seq = self._sequences.get(execution_id, 0) + 1
+        self._sequences[execution_id] = seq
+        extras: dict[str, Any] = {}
+        agent_type: str | None = None
+        if metadata:
+            for name, value in metadata.items():
+                if name == "agent_type":
+                    agent_type = value
+                elif name not in _OWNED_KEYS:
+                    extras[str(name)] = value
+        update: ProgressUpdate = StreamUpdate(
+            StreamEventType.PROGRESS,
+            data,
+            StreamMetadata(
+                self.clock.now(), seq, execution_id, tracker.node_id, agent_type, **extras
+            ),
+        )
+        node_subject = self._nodes.get(tracker.key)
+        if node_subject is not None:
+            node_subject.on_next(update)
+        exec_subject = self._executions.get(execution_id)
+        if exec_subject is not None:
+            exec_subject.on_next(update)
+        self._global.on_next(update)
+
+
+__all__ = ["ProgressTracker", "ProgressTrackingService"]
