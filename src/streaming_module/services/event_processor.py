@@ -191,7 +191,8 @@ class EventStreamProcessorService:
         error: str | None = None,
         result: Any = None,
     ) -> StreamUpdate[StatusData]:
-        """Publish a run status (type ``status``, data :class:`StatusData`). A final status
+        """Publish a run status (type ``status``, data :class:`StatusData`; priority ``high``
+        for ``failed``, else ``medium``). A final status
         (``completed``, ``failed``, ``cancelled``) then completes the execution's streams and
         frees its state, as :meth:`complete_execution` does."""
         if status not in _RUN_STATUSES:
