@@ -6,13 +6,14 @@ Pure and clock-injected: give it anything with a ``monotonic()`` method (``Syste
 lifetime average, so it falls to 0 soon after events stop.
 
 Counts are kept in ``resolution`` buckets of ``window / resolution`` seconds each, so memory is
-fixed (``resolution`` small entries) whatever the event rate, and an event leaves the window at
-most one bucket width late. ``add`` and ``rate`` cost O(1) amortised (an expired bucket is dropped
-once).
+fixed (``resolution`` small entries) whatever the event rate; an event is counted for between
+``window - window / resolution`` and ``window`` seconds. ``add`` and ``rate`` cost O(1)
+amortised (an expired bucket is dropped once).
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from typing import Protocol
 
@@ -42,7 +43,7 @@ class RateMeter:
         self.window = float(window)
         self.resolution = resolution
         self._width = self.window / resolution
-        # (bucket number, count) from oldest to newest; bucket number = floor(t / width).
+        # [bucket number, count] from oldest to newest; see _bucket.
         self._buckets: deque[list[int]] = deque()
         self._sum = 0
         self._first: float | None = None
@@ -56,7 +57,7 @@ class RateMeter:
         now = self._clock.monotonic() if at is None else at
         if self._first is None:
             self._first = now
-        bucket = int(now // self._width)
+        bucket = self._bucket(now)
         self._expire(bucket)
         buckets = self._buckets
         if buckets and buckets[-1][0] >= bucket:
@@ -70,7 +71,8 @@ class RateMeter:
     def count(self, *, at: float | None = None) -> int:
         """Events counted within the window ending at ``at`` (default: now)."""
         now = self._clock.monotonic() if at is None else at
-        self._expire(int(now // self._width))
+        if self._first is not None:
+            self._expire(self._bucket(now))
         return self._sum
 
     def rate(self, *, at: float | None = None) -> float:
@@ -88,6 +90,11 @@ class RateMeter:
         self._buckets.clear()
         self._sum = 0
         self._first = None
+
+    def _bucket(self, now: float) -> int:
+        # Buckets are numbered from the first event, so float error stays small.
+        assert self._first is not None
+        return math.floor((now - self._first) / self._width)
 
     def _expire(self, current_bucket: int) -> None:
         oldest_kept = current_bucket - self.resolution + 1
