@@ -1,0 +1,379 @@
+"""``streaming-module``: run the demo, serve your own container, issue a token.
+
+The first line a server command prints to stdout is exactly ``listening on http://HOST:PORT``
+(the real port, also with ``--port 0``); logs go to stderr. Ctrl-C or SIGTERM shuts down cleanly:
+runs are cancelled, connections closed with 1001, the port released.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import inspect
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+logger = logging.getLogger("streaming_module.cli")
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+_DESCRIPTION = (
+    "Real-time streaming for LangGraph workflows: tokens, events and progress over WebSockets."
+)
+_MAIN_EPILOG = """\
+Run 'streaming-module COMMAND --help' for a command's options. Start with:
+  streaming-module demo      then open http://127.0.0.1:8080
+"""
+
+_DEMO_EPILOG = """\
+endpoints:
+  GET  /  and  /demo          the live demo page (open it in a browser)
+  WS   /  and  /ws            the streaming WebSocket (subscribe_execution, lastSequence resume)
+  POST /executions            {"prompt": "...", "executionId"?: "...", "words"?: 1..1000000}
+  GET  /executions/{id}       {"executionId", "status", "result"}
+  GET  /health                liveness
+
+examples:
+  streaming-module demo                         # http://127.0.0.1:8080
+  streaming-module demo --port 0 --token-delay-ms 0
+  streaming-module demo --jwt-secret "$SECRET"  # clients need a token:
+  streaming-module token --jwt-secret "$SECRET" # open http://127.0.0.1:8080/?token=<JWT>
+"""
+
+_SERVE_EPILOG = """\
+The factory is called with no arguments (it may be async) and returns either a
+StreamingContainer (from StreamingModule.for_root) or options for one (a dict or
+StreamingModuleOptions). --host/--port override the options' websocket host and port.
+
+example:
+  # myapp/streaming.py
+  def create():
+      return StreamingModule.for_root(websocket={"enabled": True}, wire=["myapp.handlers"])
+
+  streaming-module serve --app myapp.streaming:create --port 9000
+"""
+
+
+class CliError(Exception):
+    """A usage problem to report in one line, with exit status 2."""
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {value!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0-65535 (0 picks a free one), got {port}")
+    return port
+
+
+def _delay(value: str) -> float:
+    try:
+        delay = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of milliseconds: {value!r}") from None
+    if not 0 <= delay <= 60_000:
+        raise argparse.ArgumentTypeError("token delay must be 0-60000 ms")
+    return delay
+
+
+def _words(value: str) -> int:
+    try:
+        words = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+    if not 1 <= words <= 1_000_000:
+        raise argparse.ArgumentTypeError("words must be 1-1000000")
+    return words
+
+
+def _app_ref(value: str) -> str:
+    module, sep, attr = value.partition(":")
+    if not sep or not module or not attr:
+        raise argparse.ArgumentTypeError(
+            f"expected package.module:factory, got {value!r} (e.g. myapp.streaming:create)"
+        )
+    return value
+
+
+def _add_server_arguments(parser: argparse.ArgumentParser, *, default_port: int | None) -> None:
+    parser.add_argument(
+        "--host", default=None if default_port is None else "127.0.0.1",
+        help="interface to bind (default: 127.0.0.1; 0.0.0.0 for every interface)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--port", type=_port, default=default_port,
+        help="TCP port (default: %(default)s; 0 picks a free port, printed on start)"
+        if default_port is not None
+        else "TCP port (default: the options' websocket.port; 0 picks a free port)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--log-level", choices=LOG_LEVELS, default="info",
+        help="log verbosity on stderr (default: %(default)s)",
+    )  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="streaming-module",
+        description=_DESCRIPTION,
+        epilog=_MAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+
+    demo = commands.add_parser(
+        "demo",
+        help="run the AI content generation demo: page, WebSocket and HTTP API on one port",
+        description="Run the manual's AI content generation workflow with an offline, "
+        "deterministic streaming chat model behind the WebSocket gateway, with the demo page "
+        "and the HTTP API on the same port.",
+        epilog=_DEMO_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_server_arguments(demo, default_port=8080)
+    demo.add_argument(
+        "--token-delay-ms", type=_delay, default=20.0, metavar="MS",
+        help="pause between generated tokens (default: %(default)g; 0 streams as fast as it can)",
+    )  # fmt: skip
+    demo.add_argument(
+        "--words", type=_words, default=300, metavar="N",
+        help="default answer length in words when a request gives none (default: %(default)s)",
+    )  # fmt: skip
+    demo.add_argument(
+        "--jwt-secret", default=None, metavar="SECRET",
+        help="require a JWT signed with SECRET (HS256) for the WebSocket and /executions; "
+        "open the page as /?token=<JWT>",
+    )  # fmt: skip
+    demo.add_argument(
+        "--redis-url", default=None, metavar="URL",
+        help="keep and fan out frames in Redis (e.g. redis://127.0.0.1:6379/0) instead of memory",
+    )  # fmt: skip
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve your own StreamingContainer (or its options) the same way",
+        description="Serve a StreamingContainer built by your own factory, the way the demo is "
+        "served.",
+        epilog=_SERVE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument(
+        "--app", required=True, type=_app_ref, metavar="MODULE:FACTORY",
+        help="factory returning a StreamingContainer or its options, e.g. myapp.streaming:create",
+    )  # fmt: skip
+    _add_server_arguments(serve, default_port=None)
+
+    token = commands.add_parser(
+        "token",
+        help="print a JWT for a server started with --jwt-secret",
+        description="Print a signed JWT (HS256) to stdout, for clients of a server that requires "
+        "one.",
+    )
+    token.add_argument("--jwt-secret", required=True, metavar="SECRET", help="the server's secret")
+    token.add_argument(
+        "--subject", default="demo-user", help="the 'sub' claim (default: %(default)s)"
+    )
+    token.add_argument(
+        "--execution", action="append", dest="executions", metavar="ID",
+        help="restrict the token to this execution id (repeat for several; default: any)",
+    )  # fmt: skip
+    token.add_argument(
+        "--expires-in", default="1h", metavar="DURATION",
+        help="lifetime such as 30m, 1h or 7d (default: %(default)s)",
+    )  # fmt: skip
+    return parser
+
+
+# --------------------------------------------------------------------------- running
+
+
+def setup_logging(level: str) -> None:
+    """Readable logs on stderr: time, level, logger, message."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # aiohttp's access log line per request is noise at info level.
+    logging.getLogger("aiohttp.access").setLevel(max(logging.WARNING, root.level))
+
+
+async def run_until_stopped(
+    start: Callable[[], Awaitable[str]],
+    stop: Callable[[], Awaitable[None]],
+    *,
+    stop_event: asyncio.Event | None = None,
+) -> None:
+    """Start a server, print ``listening on URL``, wait for Ctrl-C/SIGTERM, then stop it."""
+    stop_event = stop_event or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop_event.set)
+            installed.append(sig)
+    try:
+        url = await start()
+        print(f"listening on {url}", flush=True)
+        logger.info("serving on %s; press Ctrl-C to stop", url)
+        await stop_event.wait()
+        logger.info("shutting down")
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        await stop()
+        logger.info("stopped")
+
+
+async def _demo(args: argparse.Namespace) -> None:
+    from streaming_module.demo.app import DemoServer
+
+    server = DemoServer(
+        host=args.host,
+        port=args.port,
+        token_delay_ms=args.token_delay_ms,
+        jwt_secret=args.jwt_secret,
+        redis_url=args.redis_url,
+        default_words=args.words,
+    )
+
+    async def start() -> str:
+        await server.start()
+        return server.url
+
+    await run_until_stopped(start, server.stop)
+
+
+def load_factory(reference: str) -> Callable[[], Any]:
+    """``package.module:factory`` → the factory object (``module:attr.attr`` also works)."""
+    module_name, _, attr_path = reference.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise CliError(f"cannot import {module_name!r} from --app {reference!r}: {exc}") from exc
+    for part in attr_path.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise CliError(f"{module_name!r} has no attribute {attr_path!r}") from None
+    if not callable(target):
+        raise CliError(f"{reference!r} is not callable; point --app at a factory function")
+    return target  # type: ignore[no-any-return]
+
+
+async def build_container(reference: str, host: str | None, port: int | None) -> Any:
+    """Call the ``--app`` factory and return a container whose server listens on
+    ``host``/``port`` (when given)."""
+    from dependency_injector import providers
+
+    from streaming_module.config import StreamingModuleOptions
+    from streaming_module.container import StreamingContainerInstance
+    from streaming_module.module import StreamingModule
+
+    produced = load_factory(reference)()
+    if inspect.isawaitable(produced):
+        produced = await produced
+    overrides: dict[str, Any] = {"enabled": True}
+    if host is not None:
+        overrides["host"] = host
+    if port is not None:
+        overrides["port"] = port
+    if isinstance(produced, (StreamingModuleOptions, Mapping)):
+        options = (
+            produced.model_dump(exclude_unset=True)
+            if isinstance(produced, StreamingModuleOptions)
+            else dict(produced)
+        )
+        websocket = dict(options.get("websocket") or {})
+        websocket.update(overrides)
+        options["websocket"] = websocket
+        return StreamingModule.for_root(options)
+    if isinstance(produced, StreamingContainerInstance):
+        current: StreamingModuleOptions = produced.options()
+        websocket_options = current.websocket.model_copy(update=overrides)
+        produced.options.override(
+            providers.Object(current.model_copy(update={"websocket": websocket_options}))
+        )
+        return produced
+    raise CliError(
+        f"--app {reference!r} returned {type(produced).__name__}; return a StreamingContainer "
+        "(StreamingModule.for_root(...)) or its options (a dict or StreamingModuleOptions)"
+    )
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    container = await build_container(args.app, args.host, args.port)
+
+    async def start() -> str:
+        pending = container.init_resources()
+        if pending is not None:
+            await pending
+        gateway = container.gateway()
+        host = container.options().websocket.host
+        shown = f"[{host}]" if ":" in host else host
+        return f"http://{shown}:{gateway.port}"
+
+    async def stop() -> None:
+        pending = container.shutdown_resources()
+        if pending is not None:
+            await pending
+
+    await run_until_stopped(start, stop)
+
+
+def _token(args: argparse.Namespace) -> None:
+    from streaming_module.config import AuthenticationOptions
+    from streaming_module.gateway.auth import JwtAuthenticator
+
+    options = AuthenticationOptions(
+        enabled=True, secret_key=args.jwt_secret, expires_in=args.expires_in
+    )
+    authenticator = JwtAuthenticator(options)
+    print(authenticator.issue_token(args.subject, executions=args.executions), flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``streaming-module`` console script. Returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        if args.command == "token":
+            _token(args)
+            return 0
+        setup_logging(args.log_level)
+        runner = _demo if args.command == "demo" else _serve
+        asyncio.run(runner(args))
+    except CliError as exc:
+        parser.exit(2, f"streaming-module: error: {exc}\n")
+    except KeyboardInterrupt:  # a second Ctrl-C during shutdown
+        return 130
+    except OSError as exc:
+        logger.error("%s", exc)
+        print(f"streaming-module: error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        from streaming_module.errors import StreamingError
+
+        if isinstance(exc, StreamingError):
+            print(f"streaming-module: error: {exc}", file=sys.stderr)
+            return 1
+        raise
+    return 0
+
+
+__all__ = ["build_parser", "load_factory", "main", "run_until_stopped", "setup_logging"]

@@ -1,0 +1,410 @@
+// The streaming_module demo page: choose an execution id, subscribe over the WebSocket, then
+// start the run with POST /executions. Frames are applied exactly once, in sequence order; after
+// a dropped connection the page reconnects with backoff and resumes from its last sequence.
+(function () {
+  "use strict";
+
+  var params = new URLSearchParams(window.location.search);
+  var token = params.get("token");
+  var wsUrl =
+    (window.location.protocol === "https:" ? "wss://" : "ws://") + window.location.host + "/ws" +
+    (token ? "?token=" + encodeURIComponent(token) : "");
+
+  var MAX_RECONNECTS = 12;
+  var MAX_LOG_ENTRIES = 300;
+  var FINAL = { completed: true, failed: true, cancelled: true };
+  // Where each node of the demo workflow sits on the overall progress bar.
+  var STAGES = {
+    generateContent: { from: 0, to: 88, label: "generating content" },
+    processTokens: { from: 88, to: 97, label: "processing tokens" },
+    qualityCheck: { from: 97, to: 100, label: "quality check" }
+  };
+
+  var $ = function (id) { return document.getElementById(id); };
+  var el = {
+    form: $("compose-form"), prompt: $("prompt"), words: $("words"), start: $("start"),
+    output: $("output"), progress: $("progress"), bar: document.querySelector("#progress .bar"),
+    progressText: $("progress-text"), stage: $("stage"), eta: $("eta"), status: $("status"),
+    executionId: $("execution-id"), log: $("event-log"), connection: $("connection"),
+    tokens: $("stat-tokens"), frames: $("stat-frames"), seq: $("stat-seq"),
+    reconnects: $("stat-reconnects"), clearLog: $("clear-log")
+  };
+
+  var run = null; // the current run's state, see newRun()
+
+  function newRun(executionId) {
+    return {
+      id: executionId, socket: null, lastSequence: 0, posted: false, finished: false,
+      attempts: 0, reconnects: 0, timer: null, progress: 0, tokens: 0, frames: 0,
+      duplicates: 0, pendingText: "", textNode: null, flushScheduled: false
+    };
+  }
+
+  function newExecutionId() {
+    if (window.crypto && typeof window.crypto.randomUUID === "function") {
+      return "demo-" + window.crypto.randomUUID().slice(0, 13);
+    }
+    return "demo-" + Math.random().toString(36).slice(2, 10) + Date.now().toString(36).slice(-4);
+  }
+
+  // ---------------------------------------------------------------- view helpers
+
+  function clock() {
+    var d = new Date();
+    var pad = function (n) { return (n < 10 ? "0" : "") + n; };
+    return pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds());
+  }
+
+  function log(kind, message) {
+    var li = document.createElement("li");
+    li.setAttribute("data-kind", kind);
+    var time = document.createElement("time");
+    time.textContent = clock();
+    var badge = document.createElement("span");
+    badge.className = "kind";
+    badge.textContent = kind;
+    var msg = document.createElement("span");
+    msg.className = "msg";
+    msg.textContent = message;
+    li.appendChild(time);
+    li.appendChild(badge);
+    li.appendChild(msg);
+    var stick = el.log.scrollHeight - el.log.scrollTop - el.log.clientHeight < 40;
+    el.log.appendChild(li);
+    while (el.log.childElementCount > MAX_LOG_ENTRIES) el.log.removeChild(el.log.firstElementChild);
+    if (stick) el.log.scrollTop = el.log.scrollHeight;
+  }
+
+  function setConnection(state, label) {
+    el.connection.setAttribute("data-state", state);
+    el.connection.querySelector(".label").textContent = label;
+  }
+
+  function setStatus(state) {
+    el.status.textContent = state;
+    el.status.setAttribute("data-state", state);
+  }
+
+  function setProgress(percent) {
+    var value = Math.max(0, Math.min(100, Math.round(percent)));
+    el.progress.setAttribute("aria-valuenow", String(value));
+    el.bar.style.width = value + "%";
+    el.progressText.textContent = value + "%";
+  }
+
+  function setEta(seconds) {
+    if (seconds === null || seconds === undefined || !isFinite(seconds)) {
+      el.eta.textContent = "ETA estimating…";
+    } else if (seconds < 1) {
+      el.eta.textContent = "ETA <1 s";
+    } else if (seconds < 90) {
+      el.eta.textContent = "ETA " + Math.round(seconds) + " s";
+    } else {
+      el.eta.textContent = "ETA " + Math.round(seconds / 60) + " min";
+    }
+  }
+
+  function updateStats() {
+    el.tokens.textContent = String(run.tokens);
+    el.frames.textContent = String(run.frames);
+    el.seq.textContent = String(run.lastSequence);
+    el.reconnects.textContent = String(run.reconnects);
+  }
+
+  // Text arrives in many small frames: append it once per animation frame.
+  function appendText(text) {
+    run.pendingText += text;
+    if (!run.flushScheduled) {
+      run.flushScheduled = true;
+      window.requestAnimationFrame(flushText);
+    }
+  }
+
+  function flushText() {
+    if (!run) return;
+    run.flushScheduled = false;
+    if (!run.pendingText) return;
+    var stick = el.output.scrollHeight - el.output.scrollTop - el.output.clientHeight < 40;
+    if (!run.textNode) {
+      run.textNode = document.createTextNode("");
+      el.output.appendChild(run.textNode);
+      el.output.setAttribute("data-empty", "false");
+    }
+    run.textNode.appendData(run.pendingText);
+    run.pendingText = "";
+    if (stick) el.output.scrollTop = el.output.scrollHeight;
+  }
+
+  // ---------------------------------------------------------------- frames
+
+  function onProgress(payload) {
+    var percent = Number(payload.progress) || 0;
+    var nodeId = payload.nodeId || payload.node_id;
+    var stage = nodeId && STAGES[nodeId];
+    var overall = stage ? stage.from + (stage.to - stage.from) * (percent / 100) : percent;
+    if (overall > run.progress) run.progress = overall;
+    setProgress(run.progress);
+    if (stage) el.stage.textContent = stage.label;
+    if ("eta" in payload) setEta(payload.eta);
+  }
+
+  function describeEvent(payload) {
+    var type = payload.eventType || payload.type || "event";
+    var data = payload.data || {};
+    var node = payload.nodeId || data.nodeId || data.node_id || data.node || "";
+    var text = type + (node ? " · " + node : "");
+    if (data && typeof data === "object" && "qualityScore" in data) {
+      text += " · quality " + Number(data.qualityScore).toFixed(2);
+    }
+    return text;
+  }
+
+  function onStatus(payload) {
+    var status = payload.status;
+    if (status === "started") {
+      setStatus("running");
+      el.output.classList.add("streaming");
+      log("status", "run started");
+      return;
+    }
+    if (!FINAL[status]) return;
+    flushText();
+    run.finished = true;
+    el.output.classList.remove("streaming");
+    el.start.disabled = false;
+    if (status === "completed") {
+      run.progress = 100;
+      setProgress(100);
+      el.eta.textContent = "done";
+      el.stage.textContent = "finished";
+    } else {
+      el.stage.textContent = status;
+    }
+    setStatus(status);
+    log("status", "run " + status + (payload.error ? ": " + payload.error : "") +
+      " · " + run.tokens + " token frames, " + run.duplicates + " duplicates dropped");
+    if (run.socket) run.socket.close(1000, "run finished");
+    setConnection("idle", "idle");
+  }
+
+  function onFrame(frame) {
+    var seq = frame.sequence;
+    if (typeof seq === "number") {
+      if (seq <= run.lastSequence) { run.duplicates += 1; return; } // already applied
+      run.lastSequence = seq;
+    }
+    run.frames += 1;
+    var payload = frame.payload || {};
+    switch (frame.type) {
+      case "token":
+        run.tokens += 1;
+        appendText(typeof payload.content === "string" ? payload.content : "");
+        break;
+      case "progress":
+        onProgress(payload);
+        break;
+      case "event":
+        log("event", describeEvent(payload));
+        break;
+      case "status":
+        onStatus(payload);
+        break;
+      case "gap":
+        var from = payload.from !== undefined ? payload.from : frame.from;
+        var to = payload.to !== undefined ? payload.to : frame.to;
+        if (typeof to === "number" && to > run.lastSequence) run.lastSequence = to;
+        log("gap", "frames " + from + "–" + to + " are no longer available; continuing after " + to);
+        break;
+      case "workflow_update":
+        log("event", "workflow update " + JSON.stringify(payload).slice(0, 120));
+        break;
+      default:
+        break;
+    }
+    updateStats();
+  }
+
+  function onMessage(event) {
+    var frame;
+    try { frame = JSON.parse(event.data); } catch (e) { return; }
+    if (!frame || typeof frame !== "object" || !run) return;
+    switch (frame.type) {
+      case "subscribed":
+        if (!run.posted) {
+          run.posted = true;
+          log("conn", "subscribed to " + run.id);
+          startExecution();
+        } else {
+          log("resume", "resubscribed · replaying after #" + run.lastSequence);
+        }
+        return;
+      case "error":
+        var p = frame.payload || {};
+        log("error", (p.code || "error") + ": " + (p.message || "server error"));
+        if (p.code === "unauthorized" || p.code === "forbidden") fail(p.message || p.code);
+        return;
+      case "pong":
+      case "unsubscribed":
+        return;
+      default:
+        if (frame.executionId && frame.executionId !== run.id) return;
+        onFrame(frame);
+    }
+  }
+
+  // ---------------------------------------------------------------- connection
+
+  function connect() {
+    var current = run;
+    setConnection(current.reconnects || current.attempts ? "reconnecting" : "connecting",
+      current.attempts ? "reconnecting…" : "connecting…");
+    var socket;
+    try {
+      socket = new WebSocket(wsUrl);
+    } catch (e) {
+      scheduleReconnect(current, "could not open: " + e.message);
+      return;
+    }
+    current.socket = socket;
+    socket.onopen = function () {
+      if (run !== current) { socket.close(1000); return; }
+      var resuming = current.attempts > 0;
+      current.attempts = 0;
+      setConnection("open", "connected");
+      if (resuming) {
+        current.reconnects += 1;
+        updateStats();
+        log("resume", "reconnected · resuming from sequence " + current.lastSequence);
+      }
+      socket.send(JSON.stringify({
+        type: "subscribe_execution",
+        payload: {
+          executionId: current.id,
+          events: ["token", "event", "progress", "status"],
+          lastSequence: current.lastSequence
+        }
+      }));
+    };
+    socket.onmessage = function (event) { if (run === current) onMessage(event); };
+    socket.onclose = function (event) {
+      if (run !== current || current.finished) return;
+      if (event.code === 4401 || event.code === 4403) {
+        fail(event.code === 4401 ? "not authorized: open the page with ?token=<JWT>"
+          : "forbidden: this token may not watch that execution");
+        return;
+      }
+      scheduleReconnect(current, "connection lost (code " + event.code + ")");
+    };
+  }
+
+  function scheduleReconnect(current, reason) {
+    if (current.finished || current.timer) return;
+    if (current.attempts >= MAX_RECONNECTS) {
+      fail("gave up after " + MAX_RECONNECTS + " reconnect attempts");
+      return;
+    }
+    // Exponential backoff with jitter: 250 ms, 500 ms, 1 s, ... capped at 8 s.
+    var base = Math.min(8000, 250 * Math.pow(2, current.attempts));
+    var delay = Math.round(base * (0.5 + Math.random() / 2));
+    current.attempts += 1;
+    setConnection("reconnecting", "reconnecting…");
+    log("conn", reason + " · reconnecting in " + delay + " ms (attempt " + current.attempts + ")");
+    current.timer = window.setTimeout(function () {
+      current.timer = null;
+      if (run === current && !current.finished) connect();
+    }, delay);
+  }
+
+  function fail(message) {
+    if (!run) return;
+    run.finished = true;
+    if (run.timer) { window.clearTimeout(run.timer); run.timer = null; }
+    if (run.socket) run.socket.close(1000);
+    el.output.classList.remove("streaming");
+    el.start.disabled = false;
+    setStatus("error");
+    setConnection("failed", "disconnected");
+    log("error", message);
+  }
+
+  // ---------------------------------------------------------------- HTTP
+
+  function startExecution() {
+    var current = run;
+    var headers = { "Content-Type": "application/json" };
+    if (token) headers.Authorization = "Bearer " + token;
+    fetch("/executions", {
+      method: "POST",
+      headers: headers,
+      body: JSON.stringify({
+        prompt: el.prompt.value,
+        executionId: current.id,
+        words: parseInt(el.words.value, 10) || 300
+      })
+    }).then(function (response) {
+      return response.json().catch(function () { return {}; }).then(function (body) {
+        if (run !== current) return;
+        if (response.status === 202) {
+          log("conn", "POST /executions → 202 · run accepted");
+          if (el.status.textContent === "connecting") setStatus("running");
+        } else {
+          fail("POST /executions → " + response.status + ": " +
+            ((body && (body.message || body.error)) || response.statusText));
+        }
+      });
+    }).catch(function (e) {
+      if (run === current) fail("POST /executions failed: " + e.message);
+    });
+  }
+
+  // ---------------------------------------------------------------- start
+
+  function start() {
+    if (!el.prompt.value.trim()) {
+      el.prompt.focus();
+      return;
+    }
+    if (run) {
+      run.finished = true;
+      if (run.timer) window.clearTimeout(run.timer);
+      if (run.socket) run.socket.close(1000);
+    }
+    run = newRun(newExecutionId());
+    el.output.textContent = "";
+    el.output.setAttribute("data-empty", "true");
+    el.output.classList.remove("streaming");
+    el.executionId.textContent = run.id;
+    el.start.disabled = true;
+    el.stage.textContent = "connecting";
+    el.eta.textContent = "ETA —";
+    setProgress(0);
+    setStatus("connecting");
+    updateStats();
+    log("conn", "new run " + run.id);
+    connect();
+  }
+
+  el.form.addEventListener("submit", function (event) {
+    event.preventDefault();
+    start();
+  });
+  el.prompt.addEventListener("keydown", function (event) {
+    if (event.key === "Enter" && (event.metaKey || event.ctrlKey)) start();
+  });
+  el.clearLog.addEventListener("click", function () { el.log.textContent = ""; });
+
+  // A small handle for tests and for the curious: window.streamingDemo.dropConnection()
+  // closes the socket as a network failure would; the page then reconnects and resumes.
+  window.streamingDemo = {
+    dropConnection: function () {
+      if (run && run.socket) run.socket.close(4000, "dropped on purpose");
+      return !!(run && run.socket);
+    },
+    state: function () {
+      return run && {
+        executionId: run.id, lastSequence: run.lastSequence, reconnects: run.reconnects,
+        duplicates: run.duplicates, finished: run.finished, progress: run.progress
+      };
+    }
+  };
+})();
