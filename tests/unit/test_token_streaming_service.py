@@ -288,6 +288,18 @@ async def test_include_metadata_merges_token_metadata_into_update_metadata(
     assert update.metadata.execution_id == E
 
 
+async def test_token_metadata_is_copied_so_callers_may_reuse_their_dict(
+    service: TokenStreamingService,
+) -> None:
+    await open_stream(service, format="structured", bufferSize=2)
+    got = collect(service.get_token_stream(E, N))
+    meta = {"i": 0}
+    service.stream_token(E, N, "a", meta)
+    meta["i"] = 1
+    service.stream_token(E, N, "b", meta)
+    assert got.items[0].metadata.token_metadata == [{"i": 0}, {"i": 1}]
+
+
 # ============================================================================ filter, processor
 
 

@@ -162,6 +162,7 @@ class TokenBuffer:
         "tokens_in",
         "tokens_out",
         "updates_emitted",
+        "uses_metadata",
     )
 
     def __init__(self, config: StreamTokenOptions, *, default_buffer_size: int = 50) -> None:
@@ -181,6 +182,9 @@ class TokenBuffer:
         self._accept: TokenPredicate | None = None
         self._processor: TokenProcessor | None = None
         self._keep_metadata = False
+        self.uses_metadata = False
+        """Whether token metadata matters (processor, ``include_metadata``, ``structured``);
+        when not, a caller may skip preparing it."""
         self.configure(config, default_buffer_size=default_buffer_size)
 
     def configure(self, config: StreamTokenOptions, *, default_buffer_size: int = 50) -> None:
@@ -196,6 +200,7 @@ class TokenBuffer:
         self._accept = compile_filter(config.filter) if config.enabled else _drop_all
         self._processor = config.processor
         self._keep_metadata = config.include_metadata or config.format == "structured"
+        self.uses_metadata = self._keep_metadata or config.processor is not None
 
     @property
     def pending(self) -> int:
