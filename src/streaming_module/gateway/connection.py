@@ -1,0 +1,404 @@
+"""One WebSocket client: its subscriptions, acks, bounded send queue, writer task and heartbeat.
+
+Frames reach a connection synchronously from the broker (:meth:`ClientConnection.deliver`) and
+wait in a bounded queue that only this connection's writer task drains, so a client that reads
+slowly never slows the publisher nor any other client.
+
+Memory per connection: the queue holds at most ``send_queue_size`` entries. An entry is a
+reference to a broker :class:`~streaming_module.broker.base.Frame` (shared with every other
+subscriber and the replay log, so ~8 bytes here) or the bytes of a reply. Replayed frames are the
+one exception to the bound: a resume may queue up to ``replay_max_frames`` references at once,
+since they are already held by the replay log. Below the queue, aiohttp's transport buffers up to
+~64 KiB before the writer waits. With ``slow_client_policy='coalesce'`` merged token frames are new
+objects, each capped at :data:`COALESCE_MAX_CHARS` characters of content.
+
+When the queue is full: ``disconnect`` closes the client with 4008 (it reconnects and resumes
+with ``lastSequence``); ``coalesce`` merges consecutive queued token frames of the same execution
+and node into one (content concatenated, the last sequence kept) and falls back to 4008 when
+nothing can be merged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Coroutine
+from typing import Any, Literal, Protocol
+
+from aiohttp import WSMsgType, web
+
+from streaming_module.broker.base import Frame, Subscription
+from streaming_module.config import HeartbeatOptions
+from streaming_module.core import close_codes
+from streaming_module.core.clock import Clock, TimerHandle
+from streaming_module.core.codec import FILTERABLE_KINDS, encode_error
+
+logger = logging.getLogger("streaming_module.gateway")
+
+COALESCE_MAX_CHARS = 65536
+"""Longest content a coalesced token frame may reach; past it the client is closed with 4008."""
+
+CLOSE_TIMEOUT = 5.0
+"""Seconds a close handshake may take before the transport is closed without it."""
+
+SlowClientPolicy = Literal["disconnect", "coalesce"]
+
+
+class Permissions(Protocol):
+    """What the gateway asks of verified JWT claims."""
+
+    def may_subscribe(self, execution_id: str) -> bool: ...
+
+
+class ClientSubscription:
+    """A connection's subscription to one execution, with the frame kinds it selected. Called
+    by the broker for each frame of the execution."""
+
+    __slots__ = ("broker_subscription", "connection", "execution_id", "kinds")
+
+    def __init__(
+        self, connection: ClientConnection, execution_id: str, kinds: frozenset[str]
+    ) -> None:
+        self.connection = connection
+        self.execution_id = execution_id
+        self.kinds = kinds
+        self.broker_subscription: Subscription | None = None
+
+    def __call__(self, frame: Frame) -> None:
+        if frame.type in FILTERABLE_KINDS and frame.type not in self.kinds:
+            return
+        self.connection.deliver(frame)
+
+    def close(self) -> None:
+        if self.broker_subscription is not None:
+            self.broker_subscription.close()
+
+
+class ClientConnection:
+    """A connected client. Owns its writer task, heartbeat timers and close task."""
+
+    def __init__(
+        self,
+        client_id: str,
+        ws: web.WebSocketResponse,
+        *,
+        clock: Clock,
+        remote: str | None = None,
+        claims: Permissions | None = None,
+        send_queue_size: int = 4096,
+        slow_client_policy: SlowClientPolicy = "disconnect",
+        compress_threshold: int | None = None,
+        heartbeat: HeartbeatOptions | None = None,
+    ) -> None:
+        self.id = client_id
+        self.ws = ws
+        self.remote = remote
+        self.claims = claims
+        self.connected_at = clock.now()
+        self.subscriptions: dict[str, ClientSubscription] = {}
+        self.acks: dict[str, int] = {}
+        """Highest sequence the client acknowledged, per execution (see docs/protocol.md)."""
+        self.max_queue = send_queue_size
+        self.policy: SlowClientPolicy = slow_client_policy
+        self.close_code: int | None = None
+        self.frames_sent = 0
+        self.coalesced = 0
+        """Frames merged into others by the 'coalesce' policy."""
+        self.heard = 0
+        """Frames received from the client (any kind, pongs included)."""
+        self._clock = clock
+        self._queue: deque[Frame | bytes] = deque()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._replaying = 0
+        self._compress_threshold = compress_threshold
+        self._heartbeat = heartbeat if heartbeat is not None and heartbeat.enabled else None
+        self._timer: TimerHandle | None = None
+        self._ping_heard = 0
+        self._writer: asyncio.Task[None] | None = None
+        self._closer: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # ------------------------------------------------------------------ state
+    @property
+    def queued(self) -> int:
+        """Entries waiting in the send queue."""
+        return len(self._queue)
+
+    @property
+    def closing(self) -> bool:
+        return self._closer is not None
+
+    def info(self) -> dict[str, Any]:
+        """What introspection shows about this connection."""
+        return {
+            "clientId": self.id,
+            "remote": self.remote,
+            "subject": getattr(self.claims, "subject", None),
+            "connectedAt": self.connected_at.isoformat(),
+            "subscriptions": sorted(self.subscriptions),
+            "acks": dict(self.acks),
+            "queued": len(self._queue),
+            "framesSent": self.frames_sent,
+            "coalesced": self.coalesced,
+            "compressed": bool(self.ws.compress),
+        }
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Start the writer task and the heartbeat."""
+        self._writer = asyncio.create_task(self._write_loop(), name=f"ws-writer-{self.id}")
+        if self._heartbeat is not None:
+            self._timer = self._clock.call_later(self._heartbeat.interval / 1000, self._ping_due)
+
+    def heard_from_client(self) -> None:
+        self.heard += 1
+
+    def close_soon(self, code: int, reason: str = "", *, drain_timeout: float = 0.0) -> None:
+        """Close the connection with ``code`` from synchronous code (idempotent)."""
+        if self._closer is None:
+            self._closer = asyncio.create_task(
+                self._close(code, reason, drain_timeout), name=f"ws-close-{self.id}"
+            )
+
+    async def close(self, code: int, reason: str = "", *, drain_timeout: float = 0.0) -> None:
+        """Close with ``code`` after up to ``drain_timeout`` seconds for queued frames to go
+        out; returns once closed (idempotent: a second call waits for the first)."""
+        self.close_soon(code, reason, drain_timeout=drain_timeout)
+        assert self._closer is not None
+        await asyncio.shield(self._closer)
+
+    async def aclose(self) -> None:
+        """Release everything: subscriptions, timers, writer, close task. Nothing is left
+        running when it returns."""
+        for sub in self.subscriptions.values():
+            sub.close()
+        self.subscriptions.clear()
+        self._cancel_timer()
+        if self._closer is None and not self.ws.closed:
+            self.close_soon(close_codes.NORMAL)
+        if self._closer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._closer)
+        await self._cancel_writer()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._queue.clear()
+
+    # ------------------------------------------------------------------ sending
+    def deliver(self, frame: Frame) -> None:
+        """Queue one execution frame (never blocks). Called by the broker."""
+        if self._closer is not None:
+            return
+        queue = self._queue
+        if len(queue) >= self.max_queue and not self._replaying and not self._make_room(frame):
+            return
+        queue.append(frame)
+        self._idle.clear()
+        self._wake.set()
+
+    def send(self, data: bytes) -> None:
+        """Queue a reply or a message for this client only (never blocks)."""
+        if self._closer is not None:
+            return
+        if len(self._queue) >= self.max_queue and not self._make_room(None):
+            return
+        self._queue.append(data)
+        self._idle.clear()
+        self._wake.set()
+
+    def send_error(self, code: str, message: str) -> None:
+        self.send(encode_error(code, message))
+
+    def begin_replay(self) -> None:
+        """Frames delivered until :meth:`end_replay` are a resume's replay: they are already held
+        by the replay log, so they do not count against the queue bound."""
+        self._replaying += 1
+
+    def end_replay(self) -> None:
+        self._replaying -= 1
+
+    async def drained(self, within: float) -> bool:
+        """Wait up to ``within`` seconds until the queue is empty; True if it is."""
+        if not self._queue:
+            return True
+        try:
+            await asyncio.wait_for(self._idle.wait(), within)
+        except TimeoutError:
+            return False
+        return True
+
+    def _make_room(self, incoming: Frame | None) -> bool:
+        """The queue is full. Apply the slow-client policy; True if ``incoming`` may be queued
+        (for 'coalesce' it may already have been merged into the tail: then False)."""
+        if self.policy == "coalesce":
+            queue = self._queue
+            tail = queue[-1] if queue else None
+            if incoming is not None and isinstance(tail, Frame) and _mergeable(tail, incoming):
+                queue[-1] = _merge(tail, incoming)
+                self.coalesced += 1
+                return False
+            freed = self._compact()
+            if freed:
+                return True
+        logger.warning(
+            "client %s fell %d frames behind; closing with %d (it can resume)",
+            self.id,
+            len(self._queue),
+            close_codes.SLOW_CONSUMER,
+        )
+        self.close_soon(close_codes.SLOW_CONSUMER, "slow consumer: resume with lastSequence")
+        return False
+
+    def _compact(self) -> int:
+        """Merge runs of consecutive mergeable token frames in the queue; returns the number of
+        entries freed."""
+        before = len(self._queue)
+        out: deque[Frame | bytes] = deque()
+        for item in self._queue:
+            last = out[-1] if out else None
+            if isinstance(item, Frame) and isinstance(last, Frame) and _mergeable(last, item):
+                out[-1] = _merge(last, item)
+            else:
+                out.append(item)
+        freed = before - len(out)
+        self.coalesced += freed
+        self._queue = out
+        return freed
+
+    async def _write_loop(self) -> None:
+        ws = self.ws
+        try:
+            while True:
+                queue = self._queue
+                if not queue:
+                    self._idle.set()
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                item = queue.popleft()
+                data = item.encoded() if isinstance(item, Frame) else item
+                await self._send(ws, data)
+                self.frames_sent += 1
+        except (ConnectionError, RuntimeError) as exc:
+            # The peer went away (aiohttp raises ClientConnectionResetError, a ConnectionError).
+            logger.debug("client %s: send failed: %s", self.id, exc)
+            self._queue.clear()
+            self._idle.set()
+
+    async def _send(self, ws: web.WebSocketResponse, data: bytes) -> None:
+        threshold = self._compress_threshold
+        if threshold is not None and len(data) < threshold and ws.compress:
+            # aiohttp 3.14's send_frame(compress=0) still compresses on a deflate connection
+            # (0 is falsy, so the connection's setting wins): send small frames uncompressed by
+            # switching the writer's flag for this one synchronous write. Only this task sends
+            # data frames, so nothing else observes the switch.
+            writer = getattr(ws, "_writer", None)
+            if writer is not None and hasattr(writer, "compress"):
+                saved = writer.compress
+                writer.compress = 0
+                try:
+                    await ws.send_frame(data, WSMsgType.TEXT)
+                finally:
+                    writer.compress = saved
+                return
+        await ws.send_frame(data, WSMsgType.TEXT)
+
+    # ------------------------------------------------------------------ heartbeat
+    def _ping_due(self) -> None:
+        hb = self._heartbeat
+        if hb is None or self._closer is not None:
+            return
+        self._ping_heard = self.heard
+        self._spawn(self._ping())
+        self._timer = self._clock.call_later(hb.timeout / 1000, self._pong_due)
+
+    def _pong_due(self) -> None:
+        hb = self._heartbeat
+        if hb is None or self._closer is not None:
+            return
+        if self.heard == self._ping_heard:
+            logger.info(
+                "client %s silent for %d ms after a ping; closing with %d",
+                self.id,
+                hb.timeout,
+                close_codes.HEARTBEAT_TIMEOUT,
+            )
+            self.close_soon(close_codes.HEARTBEAT_TIMEOUT, "heartbeat timeout")
+            return
+        remaining = max(0.0, (hb.interval - hb.timeout) / 1000)
+        self._timer = self._clock.call_later(remaining, self._ping_due)
+
+    async def _ping(self) -> None:
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await self.ws.ping()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # ------------------------------------------------------------------ closing
+    async def _close(self, code: int, reason: str, drain_timeout: float) -> None:
+        self.close_code = code
+        self._cancel_timer()
+        if drain_timeout > 0:
+            await self.drained(drain_timeout)
+        await self._cancel_writer()
+        self._queue.clear()
+        self._idle.set()
+        try:
+            await asyncio.wait_for(
+                self.ws.close(code=code, message=reason.encode()[:120]), CLOSE_TIMEOUT
+            )
+        except (TimeoutError, ConnectionError, RuntimeError) as exc:
+            logger.debug("client %s: close handshake incomplete: %s", self.id, exc)
+
+    async def _cancel_writer(self) -> None:
+        writer = self._writer
+        if writer is not None and not writer.done():
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _mergeable(a: Frame, b: Frame) -> bool:
+    if a.type != "token" or b.type != "token" or a.execution_id != b.execution_id:
+        return False
+    pa, pb = a.payload, b.payload
+    if not isinstance(pa, dict) or not isinstance(pb, dict):
+        return False
+    content_a, content_b = pa.get("content"), pb.get("content")
+    return (
+        pa.get("nodeId") == pb.get("nodeId")
+        and isinstance(content_a, str)
+        and isinstance(content_b, str)
+        and len(content_a) + len(content_b) <= COALESCE_MAX_CHARS
+    )
+
+
+def _merge(a: Frame, b: Frame) -> Frame:
+    """One token frame carrying ``a`` then ``b``: content concatenated, ``b``'s sequence."""
+    pa, pb = a.payload, b.payload
+    payload = dict(pb)
+    payload["content"] = pa["content"] + pb["content"]
+    if pa.get("index") is not None:
+        payload["index"] = pa["index"]
+    tokens_a, tokens_b = pa.get("tokens"), pb.get("tokens")
+    if isinstance(tokens_a, list) and isinstance(tokens_b, list):
+        payload["tokens"] = tokens_a + tokens_b
+    payload["coalesced"] = int(pa.get("coalesced", 1)) + int(pb.get("coalesced", 1))
+    return Frame(a.execution_id, b.sequence, "token", b.timestamp, payload, replayable=False)
+
+
+__all__ = ["COALESCE_MAX_CHARS", "ClientConnection", "ClientSubscription", "Permissions"]

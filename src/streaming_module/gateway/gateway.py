@@ -1,0 +1,452 @@
+"""StreamingWebSocketGateway: the aiohttp WebSocket server that delivers executions' frames.
+
+The gateway speaks the protocol of ``docs/protocol.md``. Frames come from a
+:class:`~streaming_module.broker.base.Broker` (sequenced, replayable); each connection is a
+:class:`~streaming_module.gateway.connection.ClientConnection` with its own bounded queue and
+writer task. Security runs at the upgrade, before any frame flows: Origin (HTTP 403), connection
+rate (HTTP 429), JWT (HTTP 401); then per client frame the request limit (close 4429) and, on
+subscribe, the token's ``executions`` claim (``error`` with code ``forbidden``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from aiohttp import WSMsgType, hdrs, web
+
+from streaming_module.broker.base import Broker
+from streaming_module.config import StreamingModuleOptions
+from streaming_module.core import close_codes
+from streaming_module.core.clock import Clock, SystemClock
+from streaming_module.core.codec import (
+    Ack,
+    Ping,
+    SubscribeExecution,
+    UnsubscribeExecution,
+    decode_client_message,
+    dumps,
+    encode_reply,
+)
+from streaming_module.errors import (
+    AuthenticationError,
+    ClientNotFoundError,
+    ForbiddenError,
+    ProtocolError,
+    RateLimitError,
+    WebSocketError,
+)
+from streaming_module.gateway.auth import JwtAuthenticator
+from streaming_module.gateway.connection import ClientConnection, ClientSubscription
+from streaming_module.gateway.cors import check_origin, cors_middleware
+from streaming_module.gateway.limits import ConnectionRateLimiter, RequestRateLimiter
+
+logger = logging.getLogger("streaming_module.gateway")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+MAX_SUBSCRIPTIONS_PER_CONNECTION = 256
+"""Executions one connection may subscribe to at once (each costs a broker listener, ~200 B)."""
+
+SHUTDOWN_DRAIN_TIMEOUT = 1.0
+"""Seconds given to each client's queued frames to go out before a 1001 close on shutdown."""
+
+RESERVED_TYPES = frozenset({"subscribed", "unsubscribed", "pong", "error", "gap"})
+"""Frame types only the gateway itself sends; ``broadcast_to_execution`` refuses them."""
+
+
+class StreamingWebSocketGateway:
+    """The WebSocket gateway: an aiohttp application (``app``) with the WebSocket at ``/`` and
+    ``/ws`` and ``GET /health``; :meth:`start` serves it, :meth:`setup` mounts the WebSocket into
+    an application of yours instead."""
+
+    def __init__(
+        self,
+        options: StreamingModuleOptions | None = None,
+        broker: Broker | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        if broker is None:
+            from streaming_module.broker import create_broker
+
+            options = options or StreamingModuleOptions()
+            broker = create_broker(options.broker)
+        self.options = options or StreamingModuleOptions()
+        self.broker = broker
+        self.clock: Clock = clock or SystemClock()
+        gateway = self.options.gateway
+        self._cors = gateway.cors_options
+        self._authenticator = JwtAuthenticator(gateway.authentication, self.clock)
+        self._connection_limiter = ConnectionRateLimiter(gateway.rate_limit, self.clock)
+        self._connections: dict[str, ClientConnection] = {}
+        self._index_handler: Handler | None = None
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._port: int | None = None
+        self._host: str | None = None
+        self._accepting = True
+        self.app = web.Application(middlewares=[cors_middleware(self._cors)])
+        self.app.router.add_get("/health", self._health)
+        self.app.router.add_get("/", self._root)
+        self.app.router.add_get("/ws", self.websocket_handler)
+        self.app.on_shutdown.append(self._on_shutdown)
+
+    # ------------------------------------------------------------------ serving
+    @property
+    def port(self) -> int | None:
+        """The port being served (the real one when started with port 0), else None."""
+        return self._port
+
+    @property
+    def url(self) -> str | None:
+        """``http://host:port`` being served, else None. The WebSocket is at ``ws://host:port/``
+        and ``/ws``."""
+        if self._port is None:
+            return None
+        return f"http://{self._host}:{self._port}"
+
+    @property
+    def ws_url(self) -> str | None:
+        if self._port is None:
+            return None
+        return f"ws://{self._host}:{self._port}/ws"
+
+    async def start(self, host: str | None = None, port: int | None = None) -> None:
+        """Serve ``app`` on ``host``:``port`` (default ``options.websocket.host``/``port``; 0 picks
+        a free port, see :attr:`port`)."""
+        if self._runner is not None:
+            return
+        host = host if host is not None else self.options.websocket.host
+        port = port if port is not None else self.options.websocket.port
+        self._accepting = True
+        runner = web.AppRunner(self.app, handle_signals=False, shutdown_timeout=5.0)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner, self._site = runner, site
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self._port = sockets[0].getsockname()[1] if sockets else port
+        self._host = host
+        logger.info("WebSocket gateway listening on %s", self.url)
+
+    async def stop(self) -> None:
+        """Close every client with 1001 (after a short drain), stop serving, and leave no task
+        running."""
+        await self.close_all(close_codes.GOING_AWAY, "server shutting down")
+        runner, self._runner, self._site = self._runner, None, None
+        if runner is not None:
+            await runner.cleanup()
+        self._port = None
+
+    def setup(self, app: web.Application, path: str = "/ws") -> None:
+        """Mount the WebSocket endpoint at ``path`` in your own aiohttp application; its clients
+        are closed with 1001 when that application shuts down."""
+        app.router.add_get(path, self.websocket_handler)
+        app.on_shutdown.append(self._on_shutdown)
+
+    def set_index_handler(self, handler: Handler | None) -> None:
+        """What ``GET /`` without an Upgrade header answers (the demo page, typically); by
+        default a short JSON description."""
+        self._index_handler = handler
+
+    async def close_all(self, code: int = close_codes.GOING_AWAY, reason: str = "") -> None:
+        """Stop accepting clients and close every connection with ``code`` once its queue
+        drains (at most :data:`SHUTDOWN_DRAIN_TIMEOUT` seconds)."""
+        self._accepting = False
+        connections = list(self._connections.values())
+        if connections:
+            await asyncio.gather(
+                *(c.close(code, reason, drain_timeout=SHUTDOWN_DRAIN_TIMEOUT) for c in connections),
+                return_exceptions=True,
+            )
+
+    async def _on_shutdown(self, app: web.Application) -> None:
+        await self.close_all(close_codes.GOING_AWAY, "server shutting down")
+
+    # ------------------------------------------------------------------ server side API
+    async def broadcast_to_execution(self, execution_id: str, message: Any) -> None:
+        """Send ``message`` to the execution's subscribers as a sequenced, replayable frame.
+
+        ``message`` has the manual's shape ``{"type": "workflow_update", "payload": ...,
+        "timestamp": ...}``; ``type`` defaults to ``workflow_update`` and a message without
+        ``payload`` is sent whole as the payload. The frame's timestamp is the broker's."""
+        if isinstance(message, Mapping) and "payload" in message:
+            frame_type = message.get("type") or "workflow_update"
+            payload = message["payload"]
+        else:
+            frame_type, payload = "workflow_update", message
+        if not isinstance(frame_type, str) or frame_type in RESERVED_TYPES:
+            raise WebSocketError(
+                f"cannot broadcast a frame of type {frame_type!r}: "
+                f"{sorted(RESERVED_TYPES)} are protocol replies; use 'workflow_update'",
+                code="invalid_message",
+            )
+        self.broker.publish(execution_id, frame_type, payload)
+
+    async def send_to_client(self, client_id: str, message: Any) -> None:
+        """Queue ``message`` (any JSON-able value, sent as is) for one client. Raises
+        :class:`ClientNotFoundError` when no such client is connected."""
+        connection = self._connections.get(client_id)
+        if connection is None or connection.closing:
+            raise ClientNotFoundError(
+                f"no connected client {client_id!r}; see get_connections() for connected ids",
+                context={"client_id": client_id},
+            )
+        connection.send(dumps(message))
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
+
+    def get_connections(self) -> list[dict[str, Any]]:
+        """One dict per connected client: ``clientId``, ``remote``, ``subject``,
+        ``connectedAt``, ``subscriptions``, ``acks``, ``queued``, ``framesSent``, ``coalesced``,
+        ``compressed``."""
+        return [c.info() for c in self._connections.values()]
+
+    def get_connection(self, client_id: str) -> ClientConnection | None:
+        return self._connections.get(client_id)
+
+    def get_subscriptions(self, execution_id: str | None = None) -> dict[str, list[str]]:
+        """Subscribed client ids per execution id (only ``execution_id`` when given)."""
+        out: dict[str, list[str]] = {}
+        for connection in self._connections.values():
+            for ex_id in connection.subscriptions:
+                if execution_id is None or ex_id == execution_id:
+                    out.setdefault(ex_id, []).append(connection.id)
+        return out
+
+    # ------------------------------------------------------------------ HTTP
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {"status": "ok", "connections": len(self._connections), "accepting": self._accepting}
+        )
+
+    async def _root(self, request: web.Request) -> web.StreamResponse:
+        if _is_upgrade(request):
+            return await self.websocket_handler(request)
+        if self._index_handler is not None:
+            return await self._index_handler(request)
+        return web.json_response(
+            {
+                "service": "streaming_module WebSocket gateway",
+                "websocket": ["/", "/ws"],
+                "health": "/health",
+                "protocol": "JSON text frames; send subscribe_execution with an executionId",
+            }
+        )
+
+    # ------------------------------------------------------------------ WebSocket
+    async def websocket_handler(self, request: web.Request) -> web.StreamResponse:
+        """The aiohttp handler of the WebSocket endpoint (mount it wherever you like)."""
+        if not self.options.gateway.enabled:
+            return web.json_response(
+                {"code": "gateway_disabled", "message": "the WebSocket gateway is disabled"},
+                status=404,
+            )
+        if not _is_upgrade(request):
+            return web.json_response(
+                {"code": "upgrade_required", "message": "connect with a WebSocket client"},
+                status=426,
+                headers={"Upgrade": "websocket"},
+            )
+        if not self._accepting:
+            return web.json_response(
+                {"code": "shutting_down", "message": "server is shutting down"}, status=503
+            )
+        try:
+            check_origin(self._cors, request.headers.get(hdrs.ORIGIN), request.host)
+            self._connection_limiter.check_connection(request.remote)
+            claims = self._authenticator.authenticate_request(request)
+        except ForbiddenError as exc:
+            return _refusal(exc, 403)
+        except RateLimitError as exc:
+            retry = exc.context.get("retry_after")
+            headers = {"Retry-After": str(max(1, round(retry)))} if retry is not None else {}
+            return _refusal(exc, 429, headers)
+        except AuthenticationError as exc:
+            return _refusal(exc, 401, {"WWW-Authenticate": "Bearer"})
+
+        ws_options = self.options.websocket
+        compression = self.options.gateway.compression
+        ws = web.WebSocketResponse(
+            autoping=False,  # our own heartbeat sees pongs and answers pings
+            compress=compression.enabled,
+            max_msg_size=ws_options.max_message_size,
+            timeout=5.0,
+        )
+        await ws.prepare(request)
+        client_id = secrets.token_hex(8)
+        connection = ClientConnection(
+            client_id,
+            ws,
+            clock=self.clock,
+            remote=request.remote,
+            claims=claims,
+            send_queue_size=ws_options.send_queue_size,
+            slow_client_policy=ws_options.slow_client_policy,
+            compress_threshold=compression.threshold if compression.enabled else None,
+            heartbeat=self.options.gateway.heartbeat,
+        )
+        self._connections[client_id] = connection
+        connection.start()
+        logger.info("client %s connected from %s", client_id, request.remote)
+        try:
+            await self._read_loop(
+                connection, RequestRateLimiter(self.options.gateway.rate_limit, self.clock)
+            )
+        except Exception:
+            logger.exception("client %s: connection loop failed", client_id)
+            connection.close_soon(close_codes.INTERNAL_ERROR, "internal error")
+        finally:
+            self._connections.pop(client_id, None)
+            await connection.aclose()
+            logger.info(
+                "client %s disconnected (close code %s)",
+                client_id,
+                connection.close_code or ws.close_code,
+            )
+        return ws
+
+    async def _read_loop(self, connection: ClientConnection, limiter: RequestRateLimiter) -> None:
+        ws = connection.ws
+        while not connection.closing:
+            msg = await ws.receive()
+            kind = msg.type
+            if kind in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+                if kind is WSMsgType.ERROR:
+                    logger.info("client %s: %s", connection.id, msg.data)
+                return
+            connection.heard_from_client()
+            if kind is WSMsgType.PONG:
+                continue
+            if kind is WSMsgType.PING:
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await ws.pong(msg.data)
+                continue
+            try:
+                limiter.check()
+            except RateLimitError as exc:
+                connection.send_error(exc.code, exc.message)
+                await connection.close(close_codes.RATE_LIMITED, "rate limited", drain_timeout=0.5)
+                return
+            if kind is WSMsgType.BINARY:
+                connection.send_error(
+                    "binary_not_supported", "binary frames are not supported; send JSON text"
+                )
+                continue
+            try:
+                await self._on_message(connection, decode_client_message(msg.data))
+            except WebSocketError as exc:
+                connection.send_error(exc.code, exc.message)
+
+    async def _on_message(
+        self,
+        connection: ClientConnection,
+        message: SubscribeExecution | UnsubscribeExecution | Ping | Ack,
+    ) -> None:
+        if isinstance(message, SubscribeExecution):
+            await self._subscribe(connection, message)
+        elif isinstance(message, UnsubscribeExecution):
+            execution_id = message.payload.execution_id
+            sub = connection.subscriptions.pop(execution_id, None)
+            if sub is not None:
+                sub.close()
+            connection.acks.pop(execution_id, None)
+            connection.send(
+                encode_reply(
+                    "unsubscribed",
+                    {"executionId": execution_id, "wasSubscribed": sub is not None},
+                    execution_id=execution_id,
+                )
+            )
+        elif isinstance(message, Ping):
+            payload = dict(message.payload or {})
+            payload["timestamp"] = self.clock.now().isoformat()
+            connection.send(encode_reply("pong", payload))
+        else:
+            execution_id = message.payload.execution_id
+            if execution_id not in connection.subscriptions:
+                raise ProtocolError(
+                    f"ack for execution {execution_id!r}, which this connection is not "
+                    "subscribed to",
+                    code="not_subscribed",
+                )
+            sequence = message.payload.sequence
+            if sequence > connection.acks.get(execution_id, 0):
+                connection.acks[execution_id] = sequence
+
+    async def _subscribe(self, connection: ClientConnection, message: SubscribeExecution) -> None:
+        payload = message.payload
+        execution_id = payload.execution_id
+        claims = connection.claims
+        if claims is not None and not claims.may_subscribe(execution_id):
+            raise ForbiddenError(
+                f"this token may not subscribe to execution {execution_id!r} (its 'executions' "
+                "claim does not list it)",
+                context={"execution_id": execution_id},
+            )
+        previous = connection.subscriptions.pop(execution_id, None)
+        if previous is not None:
+            previous.close()  # re-subscribing replaces the filter and resume point
+        elif len(connection.subscriptions) >= MAX_SUBSCRIPTIONS_PER_CONNECTION:
+            raise ProtocolError(
+                f"at most {MAX_SUBSCRIPTIONS_PER_CONNECTION} subscriptions per connection; "
+                "unsubscribe from some first",
+                code="too_many_subscriptions",
+            )
+        kinds = message.kinds
+        subscription = ClientSubscription(connection, execution_id, kinds)
+        connection.subscriptions[execution_id] = subscription
+        connection.send(
+            encode_reply(
+                "subscribed",
+                {
+                    "executionId": execution_id,
+                    "events": sorted(kinds),
+                    "lastSequence": payload.last_sequence,
+                },
+                execution_id=execution_id,
+            )
+        )
+        connection.begin_replay()
+        try:
+            subscription.broker_subscription = await self.broker.subscribe(
+                execution_id, subscription, last_sequence=payload.last_sequence
+            )
+        finally:
+            connection.end_replay()
+        if connection.subscriptions.get(execution_id) is not subscription:
+            subscription.close()  # closed or replaced while subscribing
+
+
+def _is_upgrade(request: web.Request) -> bool:
+    return (
+        "websocket" in request.headers.get(hdrs.UPGRADE, "").lower()
+        and "upgrade" in request.headers.get(hdrs.CONNECTION, "").lower()
+    )
+
+
+def _refusal(
+    exc: WebSocketError, status: int, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    logger.info("refused a WebSocket upgrade (%d %s): %s", status, exc.code, exc.message)
+    return web.json_response(
+        {"code": exc.code, "message": exc.message}, status=status, headers=headers
+    )
+
+
+__all__ = [
+    "MAX_SUBSCRIPTIONS_PER_CONNECTION",
+    "SHUTDOWN_DRAIN_TIMEOUT",
+    "StreamingWebSocketGateway",
+]

@@ -1,0 +1,75 @@
+"""The container's ``server`` resource: start the gateway, and shut everything down in order.
+
+Shutdown order matters for "no token lost": buffered tokens are flushed first (through the
+bridge and broker to the clients' queues), then the other services close, client writers get a
+bounded moment to drain, clients are closed with 1001, the server stops, the bridge unsubscribes
+and the broker closes. Nothing is left running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+from streaming_module.broker.base import Broker
+from streaming_module.config import StreamingModuleOptions
+from streaming_module.core import close_codes
+from streaming_module.gateway.bridge import WebSocketBridgeService
+from streaming_module.gateway.gateway import SHUTDOWN_DRAIN_TIMEOUT, StreamingWebSocketGateway
+
+logger = logging.getLogger("streaming_module.gateway")
+
+
+class _Closable(Protocol):
+    async def aclose(self) -> None: ...
+
+
+async def _aclose(name: str, service: Any) -> None:
+    if service is None:
+        return
+    try:
+        await service.aclose()
+    except Exception:
+        logger.exception("closing %s failed", name)
+
+
+async def serve(
+    *,
+    gateway: StreamingWebSocketGateway,
+    bridge: WebSocketBridgeService,
+    token_streaming: _Closable | None,
+    event_processor: _Closable | None,
+    progress_tracking: _Closable | None,
+    broker: Broker,
+    options: StreamingModuleOptions,
+) -> AsyncIterator[StreamingWebSocketGateway]:
+    """Serve ``gateway`` when ``options.websocket.enabled`` and yield it; on exit shut
+    everything down in order (see the module docstring)."""
+    started = False
+    if options.websocket.enabled:
+        await gateway.start()
+        started = True
+    try:
+        yield gateway
+    finally:
+        # 1. tokens still buffered reach the bridge -> broker -> client queues
+        await _aclose("token streaming", token_streaming)
+        await _aclose("progress tracking", progress_tracking)
+        await _aclose("event processor", event_processor)
+        try:
+            await broker.flush()
+        except Exception:
+            logger.exception("flushing the broker failed")
+        # 2. clients drain (bounded), then close with 1001; 3. the server stops
+        if started:
+            await gateway.close_all(close_codes.GOING_AWAY, "server shutting down")
+            await gateway.stop()
+        # 4. nothing forwards any more; the broker lets go of logs and timers
+        bridge.close()
+        await _aclose("broker", broker)
+        await asyncio.sleep(0)
+
+
+__all__ = ["SHUTDOWN_DRAIN_TIMEOUT", "serve"]
