@@ -1,0 +1,437 @@
+"""Compiling a workflow class to a real LangGraph ``StateGraph`` — once per class.
+
+The compiled graph is shared by every instance and every run: node functions find the workflow
+instance and the run through the ``configurable`` section of the LangGraph config
+(:data:`RUN_KEY`, :data:`SELF_KEY`), never through a closure over an instance.
+
+Routing
+    - Default: nodes run in definition order, ``START → first → … → last → END``.
+    - ``@workflow(edges=[...])`` replaces that chain with explicit ``(source, target)`` edges
+      (``START``/``END``, node ids, lists for fan-out and join). When no edge leaves ``START``,
+      one goes to the first node.
+    - A ``@node(type="condition")`` node never gets a static out-edge: it routes by what it
+      returns — a node id or ``END`` (no state change), a ``Command(goto=..., update=...)``, or
+      a state update dict / ``None`` (then it goes on to the next node in definition order, or
+      ``END`` after the last).
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from time import perf_counter
+from typing import Annotated, Any, TypedDict, cast
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.errors import GraphBubbleUp
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import Command, StreamWriter
+
+from streaming_module.config import (
+    StreamEventOptions,
+    StreamProgressOptions,
+    StreamTokenOptions,
+)
+from streaming_module.core.events import EventFilter
+from streaming_module.errors import WorkflowError
+from streaming_module.types import StreamEventType
+from streaming_module.workflow.decorators import (
+    SPEC_ATTR,
+    WORKFLOW_ATTR,
+    NodeOptions,
+    NodeSpec,
+    SubgraphNode,
+    WorkflowOptions,
+)
+from streaming_module.workflow.signals import (
+    ERROR,
+    NODE_END,
+    NODE_START,
+    NodeScope,
+    Signal,
+    current_scope,
+)
+
+RUN_KEY = "__streaming_module_run__"
+SELF_KEY = "__streaming_module_self__"
+COMPILED_ATTR = "__streaming_compiled__"
+
+DEFAULT_NODE_EVENTS: frozenset[StreamEventType] = frozenset(
+    {StreamEventType.NODE_START, StreamEventType.NODE_COMPLETE, StreamEventType.ERROR}
+)
+
+
+@dataclass(slots=True)
+class EventPlan:
+    """What one node publishes as events, compiled from its ``@stream_event`` options."""
+
+    kinds: frozenset[StreamEventType]
+    filter: EventFilter | None = None
+    transformer: Callable[[Any], Any] | None = None
+    delivery: str = "at-least-once"
+    batch_size: int = 1
+
+
+@dataclass(slots=True)
+class NodeDef:
+    """One node of a compiled workflow."""
+
+    node_id: str
+    attr: str
+    target: Any
+    options: NodeOptions
+    token: StreamTokenOptions | None
+    events: EventPlan
+    progress: StreamProgressOptions | None
+    default_next: str
+    pass_config: bool = False
+
+    @property
+    def is_condition(self) -> bool:
+        return self.options.type == "condition"
+
+
+@dataclass(slots=True)
+class CompiledWorkflow:
+    """A workflow class compiled: the LangGraph graph and what each node streams."""
+
+    name: str
+    options: WorkflowOptions
+    state_schema: Any
+    graph: Any
+    """The compiled LangGraph graph (``CompiledStateGraph``)."""
+    nodes: dict[str, NodeDef]
+    order: list[str]
+    token_nodes: dict[str, StreamTokenOptions] = field(default_factory=dict)
+    stream_modes: tuple[str, ...] = ()
+    wants_tool_callbacks: bool = False
+
+
+# --------------------------------------------------------------------------- node functions
+
+
+def _instance(config: RunnableConfig, node_id: str) -> tuple[Any, Any]:
+    configurable = config.get("configurable") or {}
+    run = configurable.get(RUN_KEY)
+    owner = configurable.get(SELF_KEY)
+    if run is None or owner is None:
+        raise WorkflowError(
+            f"node {node_id!r} ran outside a workflow run; start it with `await wf.run(input)` "
+            "or `wf.stream(input)` instead of invoking the graph directly",
+            code="no_run",
+        )
+    return run, owner
+
+
+def _route(result: Any, node: NodeDef, known: frozenset[str]) -> Any:
+    """A condition node's return value → what LangGraph should do next."""
+    if isinstance(result, str):
+        if result not in known:
+            raise WorkflowError(
+                f"condition node {node.node_id!r} chose {result!r}, which is not a node of this "
+                f"workflow; return one of {sorted(known - {END})} or END",
+                code="bad_route",
+                context={"node_id": node.node_id, "route": result},
+            )
+        return Command(goto=result)
+    if isinstance(result, Command):
+        if not result.goto:
+            return Command(
+                graph=result.graph, update=result.update, resume=result.resume,
+                goto=node.default_next,
+            )  # fmt: skip
+        return result
+    return Command(goto=node.default_next, update=result)
+
+
+def _make_node_function(node: NodeDef, known: frozenset[str]) -> Callable[..., Awaitable[Any]]:
+    node_id = node.node_id
+    target = node.target
+    is_condition = node.is_condition
+    pass_config = node.pass_config
+
+    if isinstance(target, SubgraphNode):
+        inner = target.target
+
+        async def call(owner: Any, state: Any, config: RunnableConfig) -> Any:
+            compiled = getattr(type(inner), COMPILED_ATTR, None)
+            if compiled is not None and not isinstance(inner, type):
+                # Another workflow instance: its nodes run on it, streaming into this run.
+                child = dict(config.get("configurable") or {})
+                child[SELF_KEY] = inner
+                return await compiled.graph.ainvoke(state, {**config, "configurable": child})
+            return await inner.ainvoke(state, config)
+
+    else:
+        method = cast(Callable[..., Any], target)
+        is_async = inspect.iscoroutinefunction(method)
+
+        async def call(owner: Any, state: Any, config: RunnableConfig) -> Any:
+            result = method(owner, state, config) if pass_config else method(owner, state)
+            if is_async or inspect.isawaitable(result):
+                result = await result
+            return result
+
+    async def run_node(state: Any, config: RunnableConfig, writer: StreamWriter) -> Any:
+        run, owner = _instance(config, node_id)
+        scope = NodeScope(node_id, writer, run)
+        reset = current_scope.set(scope)
+        writer(Signal(NODE_START, node_id, None))
+        started = perf_counter()
+        try:
+            result = await call(owner, state, config)
+            if is_condition:
+                result = _route(result, node, known)
+        except GraphBubbleUp:
+            raise  # LangGraph control flow (interrupts, parent commands), not a failure
+        except Exception as exc:
+            writer(Signal(ERROR, node_id, exc))
+            run.note_error(node_id, exc)
+            raise
+        finally:
+            current_scope.reset(reset)
+        writer(Signal(NODE_END, node_id, (perf_counter() - started) * 1000.0))
+        return result
+
+    run_node.__name__ = node_id
+    return run_node
+
+
+# --------------------------------------------------------------------------- compiling
+
+
+def _state_schema(cls: type, options: WorkflowOptions) -> Any:
+    from streaming_module.workflow.base import DeclarativeWorkflowBase
+
+    for klass in cls.__mro__:
+        for base in getattr(klass, "__orig_bases__", ()):
+            if typing.get_origin(base) is DeclarativeWorkflowBase:
+                args = typing.get_args(base)
+                if args and not isinstance(args[0], typing.TypeVar) and args[0] is not Any:
+                    return args[0]
+    if options.channels:
+        fields: dict[str, Any] = {}
+        for key, value in options.channels.items():
+            if value is None:
+                fields[key] = Any
+            elif isinstance(value, type) or typing.get_origin(value) is not None:
+                fields[key] = value
+            elif callable(value):
+                fields[key] = Annotated[Any, value]
+            else:
+                raise WorkflowError(
+                    f"channel {key!r} of {cls.__name__}: give None, a type or a reducer "
+                    f"function, got {value!r}",
+                    code="bad_channels",
+                )
+        return TypedDict(f"{cls.__name__}State", fields, total=False)  # type: ignore[operator]
+    raise WorkflowError(
+        f"{cls.__name__} has no state type: derive from DeclarativeWorkflowBase[YourState] "
+        "(a TypedDict) or pass @workflow(channels={...})",
+        code="no_state",
+    )
+
+
+def _collect_nodes(cls: type) -> list[tuple[str, Any, NodeSpec]]:
+    seen: dict[str, tuple[str, Any, NodeSpec]] = {}
+    for klass in reversed(cls.__mro__):
+        for attr, value in vars(klass).items():
+            spec = getattr(value, SPEC_ATTR, None) if not isinstance(value, type) else None
+            if isinstance(spec, NodeSpec):
+                seen[attr] = (attr, value, spec)
+            elif attr in seen:
+                del seen[attr]  # overridden without decorators: no longer a node
+    return list(seen.values())
+
+
+def _event_plan(spec: NodeSpec, options: WorkflowOptions) -> EventPlan:
+    opts: StreamEventOptions | None = spec.event
+    if opts is None:
+        return EventPlan(DEFAULT_NODE_EVENTS if options.streaming else frozenset())
+    if not opts.enabled:
+        return EventPlan(frozenset())
+    kinds = set(opts.events)
+    if options.streaming:
+        kinds.add(StreamEventType.ERROR)  # a failing node is never silent while streaming
+    batch = opts.batch_size or 1
+    if opts.buffer_size is not None:
+        batch = min(batch, opts.buffer_size)
+    return EventPlan(
+        frozenset(kinds),
+        EventFilter(opts.filter) if opts.filter is not None else None,
+        opts.transformer,
+        opts.delivery,
+        batch,
+    )
+
+
+def _accepts_config(fn: Any) -> bool:
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    return len(params) >= 3 or any(p.name == "config" for p in params[2:])
+
+
+def _as_list(value: str | Sequence[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+def compile_workflow(cls: type, *, force: bool = False) -> CompiledWorkflow:
+    """The class's :class:`CompiledWorkflow`, building it on first use (or when ``force``).
+
+    Cost: building and compiling the ``StateGraph`` — milliseconds, once per class.
+    Raises :class:`WorkflowError` for a class without nodes or state, duplicate node ids, or
+    edges naming unknown nodes.
+    """
+    if not force:
+        cached = cls.__dict__.get(COMPILED_ATTR)
+        if cached is not None:
+            return cast(CompiledWorkflow, cached)
+    options: WorkflowOptions = getattr(cls, WORKFLOW_ATTR, None) or WorkflowOptions()
+    if WORKFLOW_ATTR not in cls.__dict__:
+        # Inherited @workflow options: keep them, but the subclass has its own name.
+        options = WorkflowOptions(
+            name=None,
+            streaming=options.streaming,
+            channels=options.channels,
+            edges=options.edges,
+            progress=options.progress,
+            description=options.description,
+        )
+    name = options.name or cls.__name__
+    state_schema = _state_schema(cls, options)
+
+    collected = _collect_nodes(cls)
+    bare = [attr for attr, _, spec in collected if spec.node is None]
+    if bare:
+        raise WorkflowError(
+            f"{cls.__name__}: {', '.join(bare)} {'has' if len(bare) == 1 else 'have'} streaming "
+            "decorators but no @node; add @node(type=...) to make it a node",
+            code="bad_node",
+        )
+    if not collected:
+        raise WorkflowError(
+            f"{cls.__name__} has no nodes; decorate its async methods with @node(type=...)",
+            code="no_nodes",
+        )
+    order: list[str] = []
+    for attr, _, spec in collected:
+        assert spec.node is not None
+        node_id = spec.node.name or attr
+        if node_id in order:
+            raise WorkflowError(
+                f"{cls.__name__}: two nodes are named {node_id!r}; give one @node(name=...)",
+                code="duplicate_node",
+            )
+        order.append(node_id)
+    known = frozenset(order) | {END}
+
+    nodes: dict[str, NodeDef] = {}
+    for index, (attr, target, spec) in enumerate(collected):
+        assert spec.node is not None
+        node_id = order[index]
+        token = spec.token if spec.token is not None and spec.token.enabled else None
+        progress = spec.progress if spec.progress is not None and spec.progress.enabled else None
+        nodes[node_id] = NodeDef(
+            node_id=node_id,
+            attr=attr,
+            target=target,
+            options=spec.node,
+            token=token,
+            events=_event_plan(spec, options),
+            progress=progress,
+            default_next=order[index + 1] if index + 1 < len(order) else END,
+            pass_config=not isinstance(target, SubgraphNode) and _accepts_config(target),
+        )
+
+    builder: StateGraph[Any] = StateGraph(state_schema)
+    for node_id, node_def in nodes.items():
+        fn = _make_node_function(node_def, known)
+        if node_def.is_condition:
+            builder.add_node(node_id, fn, destinations=tuple(sorted(known - {node_id})))
+        else:
+            builder.add_node(node_id, fn)
+
+    def check(ids: list[str], where: str) -> None:
+        for node_id in ids:
+            if node_id not in nodes and node_id not in (START, END):
+                raise WorkflowError(
+                    f"{cls.__name__}: edge {where} names unknown node {node_id!r}; nodes are "
+                    f"{order}",
+                    code="bad_edge",
+                    context={"node_id": node_id},
+                )
+
+    if options.edges is not None:
+        has_entry = False
+        for edge in options.edges:
+            try:
+                source, dest = edge
+            except (TypeError, ValueError):
+                raise WorkflowError(
+                    f"{cls.__name__}: an edge is a (source, target) pair, got {edge!r}",
+                    code="bad_edge",
+                ) from None
+            sources, dests = _as_list(source), _as_list(dest)
+            check(sources, f"{edge!r}")
+            check(dests, f"{edge!r}")
+            routed = [s for s in sources if s in nodes and nodes[s].is_condition]
+            if routed:
+                raise WorkflowError(
+                    f"{cls.__name__}: {routed[0]!r} is a condition node; it routes by its "
+                    "return value, so give it no outgoing edge",
+                    code="bad_edge",
+                )
+            if START in sources:
+                has_entry = True
+            for target_id in dests:
+                builder.add_edge(sources if len(sources) > 1 else sources[0], target_id)
+        if not has_entry:
+            builder.add_edge(START, order[0])
+    else:
+        builder.add_edge(START, order[0])
+        for node_id in order:
+            if not nodes[node_id].is_condition:
+                builder.add_edge(node_id, nodes[node_id].default_next)
+
+    try:
+        graph = builder.compile(name=name)
+    except ValueError as exc:
+        raise WorkflowError(f"{cls.__name__} does not compile: {exc}", code="bad_graph") from exc
+
+    token_nodes = {nid: n.token for nid, n in nodes.items() if n.token is not None}
+    kinds = set().union(*(n.events.kinds for n in nodes.values()))
+    # "messages" only when some node streams tokens: LangGraph's per-token callback costs.
+    modes = ["messages"] if token_nodes else []
+    modes += ["custom", "updates", "values"]
+    if StreamEventType.DEBUG in kinds:
+        modes.append("debug")
+    compiled = CompiledWorkflow(
+        name=name,
+        options=options,
+        state_schema=state_schema,
+        graph=graph,
+        nodes=nodes,
+        order=order,
+        token_nodes=token_nodes,
+        stream_modes=tuple(modes),
+        wants_tool_callbacks=bool(
+            kinds & {StreamEventType.TOOL_START, StreamEventType.TOOL_COMPLETE}
+        ),
+    )
+    setattr(cls, COMPILED_ATTR, compiled)
+    return compiled
+
+
+__all__ = [
+    "COMPILED_ATTR",
+    "RUN_KEY",
+    "SELF_KEY",
+    "CompiledWorkflow",
+    "EventPlan",
+    "NodeDef",
+    "compile_workflow",
+]
