@@ -27,7 +27,7 @@ from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from langchain_core.callbacks import AsyncCallbackHandler
+from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage
 from langchain_core.runnables import RunnableConfig
 
@@ -77,21 +77,24 @@ def _text_of(content: Any) -> str:
     return ""
 
 
-class _ToolCallbacks(AsyncCallbackHandler):
+class _ToolCallbacks(BaseCallbackHandler):
     """Turns LangChain tool runs inside a node into ``tool_start``/``tool_complete`` signals.
 
-    It ignores every other callback, so it costs nothing on the token path.
+    It ignores LLM, chat model and chain callbacks, so it costs nothing on the token path (tool
+    callbacks are gated by ``ignore_agent``, which therefore stays ``False``). Synchronous and
+    ``run_inline``: LangChain then calls it in place, with no task or thread per event.
     """
+
+    run_inline = True
 
     ignore_llm = True
     ignore_chat_model = True
     ignore_chain = True
     ignore_retriever = True
-    ignore_agent = True
     ignore_retry = True
     ignore_custom_event = True
 
-    async def on_tool_start(
+    def on_tool_start(
         self,
         serialized: dict[str, Any] | None,
         input_str: str,
@@ -107,7 +110,7 @@ class _ToolCallbacks(AsyncCallbackHandler):
                                                    "run_id": str(run_id)})
             )  # fmt: skip
 
-    async def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
+    def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
         scope = current_scope.get()
         if scope is not None:
             content = getattr(output, "content", output)
