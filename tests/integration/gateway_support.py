@@ -61,9 +61,9 @@ async def running_gateway(
         await broker.aclose()
 
 
-async def recv(ws: aiohttp.ClientWebSocketResponse, timeout: float = TIMEOUT) -> dict[str, Any]:
+async def recv(ws: aiohttp.ClientWebSocketResponse, within: float = TIMEOUT) -> dict[str, Any]:
     """The next JSON message (fails the test on close or timeout)."""
-    msg = await ws.receive(timeout=timeout)
+    msg = await ws.receive(timeout=within)
     assert msg.type is aiohttp.WSMsgType.TEXT, f"expected a text frame, got {msg.type} {msg.data}"
     data: dict[str, Any] = json.loads(msg.data)
     return data
@@ -74,13 +74,13 @@ async def recv_until(
     stop: Callable[[dict[str, Any]], bool],
     *,
     limit: int = 100_000,
-    timeout: float = 10.0,
+    within: float = 10.0,
 ) -> list[dict[str, Any]]:
     """Messages up to and including the first one ``stop`` accepts (bounded in count and
     time)."""
     out: list[dict[str, Any]] = []
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within
     while len(out) < limit:
         message = await recv(ws, max(0.01, deadline - loop.time()))
         out.append(message)
@@ -100,10 +100,10 @@ async def subscribe(
     return reply
 
 
-async def wait_for(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
+async def wait_for(predicate: Callable[[], bool], within: float = TIMEOUT) -> None:
     """Poll ``predicate`` until true (bounded)."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within
     while not predicate():
         if loop.time() > deadline:
             raise AssertionError("condition not met in time")

@@ -33,7 +33,7 @@ from streaming_module.broker.base import Frame, Subscription
 from streaming_module.config import HeartbeatOptions
 from streaming_module.core import close_codes
 from streaming_module.core.clock import Clock, TimerHandle
-from streaming_module.core.codec import FILTERABLE_KINDS, encode_error
+from streaming_module.core.codec import FILTERABLE_KINDS, encode_error, encode_frame
 
 logger = logging.getLogger("streaming_module.gateway")
 
@@ -195,10 +195,13 @@ class ClientConnection:
         """Queue one execution frame (never blocks). Called by the broker."""
         if self._closer is not None:
             return
-        queue = self._queue
-        if len(queue) >= self.max_queue and not self._replaying and not self._make_room(frame):
+        if (
+            len(self._queue) >= self.max_queue
+            and not self._replaying
+            and not self._make_room(frame)
+        ):
             return
-        queue.append(frame)
+        self._queue.append(frame)  # (re-read: _make_room may have compacted into a new deque)
         self._idle.clear()
         self._wake.set()
 
@@ -372,33 +375,92 @@ class ClientConnection:
         task.add_done_callback(self._tasks.discard)
 
 
+class CoalescedTokens(Frame):
+    """Consecutive token frames of one execution and node merged into one, under the last
+    frame's sequence. Parts are joined only when the frame is encoded, so merging is O(1)."""
+
+    __slots__ = ("chars", "count", "parts", "token_list")
+
+    def __init__(self, first: Frame) -> None:
+        payload = dict(first.payload)
+        super().__init__(
+            first.execution_id, first.sequence, "token", first.timestamp, payload, False
+        )
+        content = payload.get("content", "")
+        self.parts: list[str] = [content]
+        self.chars = len(content)
+        self.count = 1
+        tokens = payload.get("tokens")
+        self.token_list: list[Any] | None = list(tokens) if isinstance(tokens, list) else None
+
+    def add(self, frame: Frame) -> None:
+        payload = frame.payload
+        if isinstance(frame, CoalescedTokens):
+            self.parts.extend(frame.parts)
+            self.chars += frame.chars
+            self.count += frame.count
+            tokens = frame.token_list
+        else:
+            content = payload["content"]
+            self.parts.append(content)
+            self.chars += len(content)
+            self.count += 1
+            tokens = payload.get("tokens")
+        self.sequence = frame.sequence
+        self.timestamp = frame.timestamp
+        if payload.get("totalTokens") is not None:
+            self.payload["totalTokens"] = payload["totalTokens"]
+        if self.token_list is not None and isinstance(tokens, list):
+            self.token_list.extend(tokens)
+        else:
+            self.token_list = None
+
+    def encoded(self) -> bytes:
+        payload = dict(self.payload)
+        payload["content"] = "".join(self.parts)
+        payload["coalesced"] = self.count
+        if self.token_list is not None:
+            payload["tokens"] = self.token_list
+        return encode_frame(self.type, self.execution_id, self.sequence, self.timestamp, payload)
+
+
 def _mergeable(a: Frame, b: Frame) -> bool:
     if a.type != "token" or b.type != "token" or a.execution_id != b.execution_id:
         return False
     pa, pb = a.payload, b.payload
     if not isinstance(pa, dict) or not isinstance(pb, dict):
         return False
-    content_a, content_b = pa.get("content"), pb.get("content")
-    return (
-        pa.get("nodeId") == pb.get("nodeId")
-        and isinstance(content_a, str)
-        and isinstance(content_b, str)
-        and len(content_a) + len(content_b) <= COALESCE_MAX_CHARS
-    )
+    if pa.get("nodeId") != pb.get("nodeId"):
+        return False
+    if isinstance(b, CoalescedTokens):
+        size_b = b.chars
+    else:
+        content_b = pb.get("content")
+        if not isinstance(content_b, str):
+            return False
+        size_b = len(content_b)
+    if isinstance(a, CoalescedTokens):
+        size = a.chars
+    else:
+        content_a = pa.get("content")
+        if not isinstance(content_a, str):
+            return False
+        size = len(content_a)
+    return size + size_b <= COALESCE_MAX_CHARS
 
 
 def _merge(a: Frame, b: Frame) -> Frame:
-    """One token frame carrying ``a`` then ``b``: content concatenated, ``b``'s sequence."""
-    pa, pb = a.payload, b.payload
-    payload = dict(pb)
-    payload["content"] = pa["content"] + pb["content"]
-    if pa.get("index") is not None:
-        payload["index"] = pa["index"]
-    tokens_a, tokens_b = pa.get("tokens"), pb.get("tokens")
-    if isinstance(tokens_a, list) and isinstance(tokens_b, list):
-        payload["tokens"] = tokens_a + tokens_b
-    payload["coalesced"] = int(pa.get("coalesced", 1)) + int(pb.get("coalesced", 1))
-    return Frame(a.execution_id, b.sequence, "token", b.timestamp, payload, replayable=False)
+    """``a`` then ``b`` as one token frame (``b``'s sequence); reuses ``a`` if it already is a
+    merge."""
+    merged = a if isinstance(a, CoalescedTokens) else CoalescedTokens(a)
+    merged.add(b)
+    return merged
 
 
-__all__ = ["COALESCE_MAX_CHARS", "ClientConnection", "ClientSubscription", "Permissions"]
+__all__ = [
+    "COALESCE_MAX_CHARS",
+    "ClientConnection",
+    "ClientSubscription",
+    "CoalescedTokens",
+    "Permissions",
+]
