@@ -33,7 +33,10 @@ def _modules(only: list[str]) -> list[str]:
 
 
 def _table(rows: list[Row]) -> str:
-    head = f"{'benchmark':<28} {'value':>14} {'baseline':>14} {'unit':<10} {'ratio':>7} {'goal':>7}  met"
+    head = (
+        f"{'benchmark':<28} {'value':>14} {'baseline':>14} {'unit':<10} "
+        f"{'ratio':>7} {'goal':>7}  met"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         met = r.met()

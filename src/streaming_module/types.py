@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Generic, Literal, TypeVar
 
 
-class StreamEventType(str, Enum):
+class StreamEventType(StrEnum):
     """Kinds of stream updates: the manual's members and values, plus ``STATUS`` for run status."""
 
     TOKEN = "token"
@@ -32,9 +32,6 @@ class StreamEventType(str, Enum):
     ERROR = "error"
     DEBUG = "debug"
     STATUS = "status"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 EventPriority = Literal["low", "medium", "high", "critical"]
