@@ -384,3 +384,14 @@ async def test_the_bridge_ends_the_execution_on_a_final_status() -> None:
     assert broker.retained("r") == 2  # the at-most-once event is not kept
     clock.advance(1.5)
     assert broker.retained("r") == 0
+
+
+async def test_the_access_log_never_shows_the_token(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO, logger="aiohttp.access")
+    async with running_gateway() as server, aiohttp.ClientSession() as session:
+        async with session.get(server.http_url + "/health?token=secret.jwt.value") as response:
+            assert response.status == 200
+        await wait_until(lambda: any("/health" in r.getMessage() for r in caplog.records))
+    assert not any("secret.jwt.value" in r.getMessage() for r in caplog.records)

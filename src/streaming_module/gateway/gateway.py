@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import WSMsgType, hdrs, web
+from aiohttp.abc import AbstractAccessLogger
 
 from streaming_module.broker.base import Broker
 from streaming_module.config import StreamingModuleOptions
@@ -57,6 +58,21 @@ SHUTDOWN_DRAIN_TIMEOUT = 1.0
 
 RESERVED_TYPES = frozenset({"subscribed", "unsubscribed", "pong", "error", "gap"})
 """Frame types only the gateway itself sends; ``broadcast_to_execution`` refuses them."""
+
+
+class RedactingAccessLogger(AbstractAccessLogger):
+    """aiohttp's access log without query strings: a browser's JWT travels as ``?token=``
+    and must never reach a log."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info(
+            '%s "%s %s" %s %.3fs',
+            request.remote,
+            request.method,
+            request.path,
+            response.status,
+            time,
+        )
 
 
 class StreamingWebSocketGateway:
@@ -123,7 +139,12 @@ class StreamingWebSocketGateway:
         host = host if host is not None else self.options.websocket.host
         port = port if port is not None else self.options.websocket.port
         self._accepting = True
-        runner = web.AppRunner(self.app, handle_signals=False, shutdown_timeout=5.0)
+        runner = web.AppRunner(
+            self.app,
+            handle_signals=False,
+            shutdown_timeout=5.0,
+            access_log_class=RedactingAccessLogger,
+        )
         await runner.setup()
         site = web.TCPSite(runner, host, port)
         try:
@@ -448,5 +469,6 @@ def _refusal(
 __all__ = [
     "MAX_SUBSCRIPTIONS_PER_CONNECTION",
     "SHUTDOWN_DRAIN_TIMEOUT",
+    "RedactingAccessLogger",
     "StreamingWebSocketGateway",
 ]
