@@ -38,7 +38,7 @@ _YIELD_EVERY = 64
 
 _ADJECTIVES = (
     "adaptive", "careful", "clear", "concise", "curious", "deliberate", "durable", "elegant",
-    "focused", "gentle", "honest", "layered", "lively", "measured", "modest", "nimble", "patient",
+    "focused", "gentle", "layered", "lively", "measured", "modest", "nimble", "patient",
     "practical", "precise", "quiet", "resilient", "simple", "steady", "subtle", "thoughtful",
     "vivid", "warm",
 )  # fmt: skip
@@ -64,7 +64,9 @@ _OPENERS = (
 _STOPWORDS = frozenset(
     "a an and are as at be but by for from how in into is it its of on or that the this to was "
     "were what when where which who why will with write about please me my your you our we can "
-    "could should would".split()
+    "could should would make makes making feel feels short long brief quick article essay post "
+    "blog piece text paragraph paragraphs explain describe tell give using use good great new "
+    "some more most very really just also".split()
 )
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]{2,}")
 
@@ -83,18 +85,23 @@ def _seed(prompt: str) -> int:
     return int.from_bytes(hashlib.sha256(prompt.encode("utf-8")).digest()[:8], "big")
 
 
+def _article(word: str) -> str:
+    return "an" if word[:1].lower() in "aeiou" else "a"
+
+
 def _sentence(rng: random.Random, topics: Sequence[str]) -> list[str]:
     topic = rng.choice(topics)
+    adjective = rng.choice(_ADJECTIVES)
     shape = rng.randrange(5)
     if shape == 0:
         words = [
-            "A", rng.choice(_ADJECTIVES), "approach", "to", topic, rng.choice(_VERBS), "the",
+            _article(adjective), adjective, "approach", "to", topic, rng.choice(_VERBS), "the",
             rng.choice(_NOUNS), "and", rng.choice(_VERBS), "every", rng.choice(_NOUNS),
         ]  # fmt: skip
     elif shape == 1:
         words = [
-            *rng.choice(_OPENERS).split(), topic, rng.choice(_ADVERBS), rng.choice(_VERBS), "a",
-            rng.choice(_ADJECTIVES), rng.choice(_NOUNS),
+            *rng.choice(_OPENERS).split(), "writing", "about", topic, rng.choice(_ADVERBS),
+            rng.choice(_VERBS), _article(adjective), adjective, rng.choice(_NOUNS),
         ]  # fmt: skip
     elif shape == 2:
         words = [
@@ -108,8 +115,9 @@ def _sentence(rng: random.Random, topics: Sequence[str]) -> list[str]:
         ]  # fmt: skip
     else:
         words = [
-            "When", "the", rng.choice(_NOUNS), "is", rng.choice(_ADJECTIVES) + ",", topic,
-            rng.choice(_ADVERBS), rng.choice(_VERBS), "what", "the", rng.choice(_NOUNS), "needs",
+            "When", "the", rng.choice(_NOUNS), "is", rng.choice(_ADJECTIVES) + ",", "a", "focus",
+            "on", topic, rng.choice(_ADVERBS), rng.choice(_VERBS), "what", "the",
+            rng.choice(_NOUNS), "needs",
         ]  # fmt: skip
     words[0] = words[0][:1].upper() + words[0][1:]
     return words

@@ -26,16 +26,22 @@
     output: $("output"), progress: $("progress"), bar: document.querySelector("#progress .bar"),
     progressText: $("progress-text"), stage: $("stage"), eta: $("eta"), status: $("status"),
     executionId: $("execution-id"), log: $("event-log"), connection: $("connection"),
-    tokens: $("stat-tokens"), frames: $("stat-frames"), seq: $("stat-seq"),
+    wordCount: $("stat-words"), frames: $("stat-frames"), seq: $("stat-seq"),
     reconnects: $("stat-reconnects"), clearLog: $("clear-log")
   };
 
+  var NOT_AUTHORIZED = "not authorized: this server needs a token; open the page as /?token=<JWT>";
+
   var run = null; // the current run's state, see newRun()
+
+  function authHeaders() {
+    return token ? { Authorization: "Bearer " + token } : {};
+  }
 
   function newRun(executionId) {
     return {
       id: executionId, socket: null, lastSequence: 0, posted: false, finished: false,
-      attempts: 0, reconnects: 0, timer: null, progress: 0, tokens: 0, frames: 0,
+      attempts: 0, reconnects: 0, timer: null, progress: 0, words: 0, frames: 0,
       duplicates: 0, pendingText: "", textNode: null, flushScheduled: false
     };
   }
@@ -105,7 +111,7 @@
   }
 
   function updateStats() {
-    el.tokens.textContent = String(run.tokens);
+    el.wordCount.textContent = run.words.toLocaleString("en");
     el.frames.textContent = String(run.frames);
     el.seq.textContent = String(run.lastSequence);
     el.reconnects.textContent = String(run.reconnects);
@@ -145,7 +151,8 @@
     if (overall > run.progress) run.progress = overall;
     setProgress(run.progress);
     if (stage) el.stage.textContent = stage.label;
-    if ("eta" in payload) setEta(payload.eta);
+    // The run-wide tracker (no nodeId) counts nodes, so its ETA is coarse: prefer the node's.
+    if (nodeId && "eta" in payload) setEta(payload.eta);
   }
 
   function describeEvent(payload) {
@@ -153,8 +160,9 @@
     var data = payload.data || {};
     var node = payload.nodeId || data.nodeId || data.node_id || data.node || "";
     var text = type + (node ? " · " + node : "");
-    if (data && typeof data === "object" && "qualityScore" in data) {
-      text += " · quality " + Number(data.qualityScore).toFixed(2);
+    var update = data && typeof data === "object" && (data.update || data);
+    if (update && typeof update === "object" && "qualityScore" in update) {
+      text += " · quality " + Number(update.qualityScore).toFixed(2);
     }
     return text;
   }
@@ -182,7 +190,8 @@
     }
     setStatus(status);
     log("status", "run " + status + (payload.error ? ": " + payload.error : "") +
-      " · " + run.tokens + " token frames, " + run.duplicates + " duplicates dropped");
+      " · " + run.words + " words in " + run.frames + " frames, " + run.duplicates +
+      " duplicates dropped");
     if (run.socket) run.socket.close(1000, "run finished");
     setConnection("idle", "idle");
   }
@@ -197,8 +206,9 @@
     var payload = frame.payload || {};
     switch (frame.type) {
       case "token":
-        run.tokens += 1;
-        appendText(typeof payload.content === "string" ? payload.content : "");
+        var content = typeof payload.content === "string" ? payload.content : "";
+        run.words += (content.match(/\S+/g) || []).length;
+        appendText(content);
         break;
       case "progress":
         onProgress(payload);
@@ -286,14 +296,29 @@
       }));
     };
     socket.onmessage = function (event) { if (run === current) onMessage(event); };
+    var opened = false;
+    socket.addEventListener("open", function () { opened = true; });
     socket.onclose = function (event) {
       if (run !== current || current.finished) return;
       if (event.code === 4401 || event.code === 4403) {
-        fail(event.code === 4401 ? "not authorized: open the page with ?token=<JWT>"
+        fail(event.code === 4401 ? NOT_AUTHORIZED
           : "forbidden: this token may not watch that execution");
         return;
       }
-      scheduleReconnect(current, "connection lost (code " + event.code + ")");
+      if (opened) {
+        scheduleReconnect(current, "connection lost (code " + event.code + ")");
+        return;
+      }
+      // Refused before opening: browsers hide the HTTP status of a refused upgrade, so ask
+      // the HTTP API (same token) whether the token is the problem before retrying.
+      fetch("/executions/" + encodeURIComponent(current.id), { headers: authHeaders() })
+        .then(function (response) {
+          if (run !== current || current.finished) return;
+          if (response.status === 401) fail(NOT_AUTHORIZED);
+          else scheduleReconnect(current, "could not connect");
+        }, function () {
+          if (run === current) scheduleReconnect(current, "server unreachable");
+        });
     };
   }
 
@@ -331,8 +356,8 @@
 
   function startExecution() {
     var current = run;
-    var headers = { "Content-Type": "application/json" };
-    if (token) headers.Authorization = "Bearer " + token;
+    var headers = authHeaders();
+    headers["Content-Type"] = "application/json";
     fetch("/executions", {
       method: "POST",
       headers: headers,

@@ -1,0 +1,200 @@
+"""The demo page in a real browser: Debian's Chromium driven by Playwright for Python.
+
+Never a downloaded browser: without /usr/bin/chromium these tests skip and say why. The demo
+server runs in this process (same event loop as Playwright's async API), so a test can also cut
+connections from the server side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ["NO_PROXY"] = "127.0.0.1,localhost"
+os.environ["no_proxy"] = "127.0.0.1,localhost"
+
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "demo.png"
+RUN_TIMEOUT_MS = 60_000
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="needs Debian's chromium at /usr/bin/chromium (apt-get install -y chromium); "
+        "never a browser downloaded by `playwright install`",
+    ),
+]
+
+playwright_api = pytest.importorskip("playwright.async_api", reason="needs the playwright package")
+
+
+@pytest.fixture
+async def demo() -> AsyncIterator[Any]:
+    from streaming_module.demo.app import DemoServer
+
+    # A few ms per token: fast enough for a test, slow enough to watch and to interrupt.
+    async with DemoServer(port=0, token_delay_ms=4) as server:
+        yield server
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    async with playwright_api.async_playwright() as p:
+        instance = await p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu"],
+        )
+        try:
+            yield instance
+        finally:
+            await instance.close()
+
+
+RECORD_PROGRESS = """
+window.progressSeen = [];
+new MutationObserver(() => window.progressSeen.push(
+  Number(document.querySelector('[data-testid=progress]').getAttribute('aria-valuenow'))
+)).observe(document.querySelector('[data-testid=progress]'), {attributes: true});
+"""
+
+
+async def result_content(demo: Any, execution_id: str) -> str:
+    record = demo.app.executions[execution_id]
+    for _ in range(100):
+        if record.status == "completed":
+            return str(record.result["content"])
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"run {execution_id} is {record.status}")
+
+
+async def start_run(page: Any, prompt: str, words: str = "300") -> None:
+    await page.get_by_test_id("prompt").fill(prompt)
+    await page.get_by_test_id("words").select_option(words)
+    await page.get_by_test_id("start").click()
+
+
+async def wait_completed(page: Any) -> None:
+    await page.wait_for_function(
+        "document.querySelector('[data-testid=status]').textContent === 'completed'",
+        timeout=RUN_TIMEOUT_MS,
+    )
+
+
+async def test_a_run_streams_into_the_page_and_completes(demo: Any, browser: Any) -> None:
+    page = await browser.new_page(viewport={"width": 1280, "height": 860})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await page.goto(demo.url + "/")
+    assert await page.get_by_test_id("status").text_content() == "idle"
+    await page.evaluate(RECORD_PROGRESS)
+
+    await start_run(page, "Write a short article about how streaming makes AI apps feel alive")
+    # Text appears token by token: partial text first, while the run is still going.
+    await page.wait_for_function(
+        "document.querySelector('[data-testid=output]').textContent.split(' ').length > 20",
+        timeout=RUN_TIMEOUT_MS,
+    )
+    assert await page.get_by_test_id("status").text_content() != "completed"
+
+    await wait_completed(page)
+    progress = page.get_by_test_id("progress")
+    assert await progress.get_attribute("aria-valuenow") == "100"
+    seen = await page.evaluate("window.progressSeen")
+    assert any(0 < v < 100 for v in seen) and seen == sorted(seen), seen  # it moved, forwards
+    execution_id = await page.get_by_test_id("execution-id").text_content()
+    assert execution_id
+    text = await page.get_by_test_id("output").text_content()
+    assert text == await result_content(demo, execution_id)
+    assert len((text or "").split()) == 300
+    log = await page.get_by_test_id("event-log").text_content() or ""
+    assert "node_start" in log and "run completed" in log
+    assert await page.get_by_test_id("eta").text_content() == "done"
+    assert not errors, errors
+
+    # The README's picture: the finished run, its text from the top, the bar settled.
+    await page.evaluate("document.querySelector('[data-testid=output]').scrollTop = 0")
+    await page.wait_for_timeout(400)
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    await page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+    # Phone width: nothing overflows sideways, every part stays visible.
+    await page.set_viewport_size({"width": 390, "height": 844})
+    overflow = await page.evaluate(
+        "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    )
+    assert overflow <= 0
+    for part in ("prompt", "start", "output", "progress", "status", "event-log"):
+        assert await page.get_by_test_id(part).is_visible(), part
+    await page.close()
+
+
+async def test_a_connection_killed_mid_run_resumes_with_the_full_text(
+    demo: Any, browser: Any
+) -> None:
+    page = await browser.new_page()
+    await page.goto(demo.url + "/demo")
+    await start_run(page, "Write about lighthouses", words="1000")
+    await page.wait_for_function(
+        "document.querySelector('[data-testid=output]').textContent.length > 300",
+        timeout=RUN_TIMEOUT_MS,
+    )
+    # 1) The browser's socket dies (as on a network drop).
+    assert await page.evaluate("window.streamingDemo.dropConnection()")
+    await page.wait_for_function(
+        "window.streamingDemo.state().reconnects >= 1", timeout=RUN_TIMEOUT_MS
+    )
+    # 2) The server cuts every connection while the run goes on.
+    for _ in range(500):  # the page's reconnect is asynchronous
+        if demo.gateway.get_connections():
+            break
+        await asyncio.sleep(0.02)
+    state = await page.evaluate("window.streamingDemo.state()")
+    if not state["finished"]:
+        for info in demo.gateway.get_connections():
+            connection = demo.gateway.get_connection(info["clientId"])
+            if connection is not None:
+                await connection.close(1011, "cut by the test", drain_timeout=0)
+
+    await wait_completed(page)
+    state = await page.evaluate("window.streamingDemo.state()")
+    text = await page.get_by_test_id("output").text_content()
+    assert text == await result_content(demo, state["executionId"])
+    assert len((text or "").split()) == 1000
+    assert state["reconnects"] >= 1
+    log = await page.get_by_test_id("event-log").text_content() or ""
+    assert "reconnected" in log and "resuming from sequence" in log
+    assert await page.get_by_test_id("progress").get_attribute("aria-valuenow") == "100"
+    await page.close()
+
+
+async def test_the_page_uses_the_token_from_its_url(browser: Any) -> None:
+    from streaming_module.demo.app import DemoServer
+    from streaming_module.gateway.auth import JwtAuthenticator
+
+    secret = "browser-test-secret-" + "y" * 40
+    async with DemoServer(port=0, token_delay_ms=0, jwt_secret=secret) as server:
+        authenticator = JwtAuthenticator(server.container.options().gateway.authentication)
+        token = authenticator.issue_token("browser-test")
+        page = await browser.new_page()
+        # Without the token the page loads but cannot start a run.
+        await page.goto(server.url + "/")
+        await start_run(page, "Write about owls", words="60")
+        await page.wait_for_function(
+            "document.querySelector('[data-testid=status]').textContent === 'error'",
+            timeout=RUN_TIMEOUT_MS,
+        )
+        # With ?token= it streams to the end.
+        await page.goto(f"{server.url}/?token={token}")
+        await start_run(page, "Write about owls", words="60")
+        await wait_completed(page)
+        text = await page.get_by_test_id("output").text_content()
+        execution_id = await page.get_by_test_id("execution-id").text_content()
+        assert execution_id and text == await result_content(server, execution_id)
+        await page.close()
