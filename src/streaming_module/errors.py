@@ -69,6 +69,12 @@ class ProgressTrackingError(StreamingError):
     default_code = "progress_error"
 
 
+class StreamOverflowError(StreamingError):
+    """An async iterator's consumer fell more than ``max_queue`` items behind its stream."""
+
+    default_code = "stream_overflow"
+
+
 class WorkflowError(StreamingError):
     """A declarative workflow is malformed (bad node, edge or routing) or was misused."""
 
@@ -144,6 +150,7 @@ __all__ = [
     "ProgressTrackingError",
     "ProtocolError",
     "RateLimitError",
+    "StreamOverflowError",
     "StreamingConfigError",
     "StreamingError",
     "TokenStreamingError",

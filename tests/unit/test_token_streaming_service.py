@@ -18,10 +18,11 @@ from hypothesis import strategies as st
 from reactivex import Observable
 from reactivex.subject import Subject
 
+from streaming_module import StreamOverflowError
 from streaming_module.config import StreamingModuleOptions, StreamTokenOptions
 from streaming_module.core.clock import FakeClock
 from streaming_module.errors import StreamingConfigError, StreamingError, TokenStreamingError
-from streaming_module.services._streams import StreamOverflowError, observable_to_async_iter
+from streaming_module.services._streams import observable_to_async_iter
 from streaming_module.services.token_streaming import (
     TokenStatistics,
     TokenStreamingService,

@@ -34,7 +34,7 @@ from typing import Generic, Literal, TypeVar
 from reactivex import Observable
 from reactivex.abc import DisposableBase
 
-from streaming_module.errors import StreamingError
+from streaming_module.errors import StreamOverflowError
 
 T = TypeVar("T")
 
@@ -42,12 +42,6 @@ OverflowPolicy = Literal["error", "drop_oldest"]
 
 DEFAULT_MAX_QUEUE = 10_000
 """Items an iterator holds before its overflow policy applies."""
-
-
-class StreamOverflowError(StreamingError):
-    """An async iterator's consumer fell more than ``max_queue`` items behind its stream."""
-
-    default_code = "stream_overflow"
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
