@@ -52,18 +52,31 @@ class DemoProcess:
 @contextmanager
 def demo_process(tmp_path: Path, *extra: str) -> Iterator[DemoProcess]:
     """Start the demo on a free port and read the port back from the first line it prints."""
-    name = f"demo-{uuid.uuid4().hex[:6]}"
+    with server_process(
+        tmp_path, "demo", "--port", "0", "--token-delay-ms", "0", *extra
+    ) as process:
+        yield process
+
+
+@contextmanager
+def server_process(
+    tmp_path: Path, *args: str, pythonpath: Path | None = None
+) -> Iterator[DemoProcess]:
+    """Run `python -m streaming_module ARGS`, output to files, in its own session; yield once
+    it has printed `listening on URL`; stop it with killpg."""
+    name = f"server-{uuid.uuid4().hex[:6]}"
     stdout, stderr = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), env.get("PYTHONPATH")]))
     with stdout.open("wb") as out, stderr.open("wb") as err:
         process = subprocess.Popen(
-            [sys.executable, "-m", "streaming_module", "demo", "--port", "0",
-             "--token-delay-ms", "0", *extra],
+            [sys.executable, "-m", "streaming_module", *args],
             stdout=out,
             stderr=err,
             start_new_session=True,
             env=env,
-        )  # fmt: skip
+        )
     try:
         deadline = time.monotonic() + START_TIMEOUT
         first_line = ""
@@ -281,3 +294,57 @@ async def test_with_a_jwt_secret_clients_need_the_token(tmp_path: Path) -> None:
         text = check_frames(frames, execution_id)
         assert (await final_state(demo, execution_id, token))["content"] == text
     assert token not in demo.output()
+
+
+FACTORIES = """
+from streaming_module.module import StreamingModule
+
+
+def container():
+    return StreamingModule.for_root(websocket={"enabled": True, "port": 1})
+
+
+def options():
+    return {"websocket": {"port": 1}, "defaultBufferSize": 10}
+
+
+async def async_container():
+    return container()
+
+
+def nothing():
+    return 42
+"""
+
+
+@pytest.mark.parametrize("factory", ["container", "options", "async_container"])
+async def test_serve_runs_a_users_factory(tmp_path: Path, factory: str) -> None:
+    (tmp_path / "userapp.py").write_text(FACTORIES)
+    with server_process(
+        tmp_path, "serve", "--app", f"userapp:{factory}", "--port", "0", pythonpath=tmp_path
+    ) as server:
+        status, health = await http_async("GET", server.url + "/health")
+        assert status == 200 and health["status"] == "ok"
+        # The gateway answers the protocol: a run published by the user's code would stream.
+        async with websockets.connect(server.ws_url, open_timeout=10) as ws:
+            await ws.send(json.dumps({"type": "ping"}))
+            assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "pong"
+        os.killpg(server.process.pid, signal.SIGTERM)
+        assert server.process.wait(15) == 0
+    assert "Traceback" not in server.output()
+
+
+def test_serve_explains_a_bad_factory(tmp_path: Path) -> None:
+    (tmp_path / "userapp.py").write_text(FACTORIES)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    for reference, message in [
+        ("userapp:nothing", "returned int"),
+        ("userapp:missing", "no attribute"),
+        ("no_such_userapp:create", "cannot import"),
+    ]:
+        result = subprocess.run(
+            [sys.executable, "-m", "streaming_module", "serve", "--app", reference],
+            capture_output=True, text=True, timeout=30, env=env,
+        )  # fmt: skip
+        assert result.returncode == 2, result.stderr
+        assert message in result.stderr and "Traceback" not in result.stderr

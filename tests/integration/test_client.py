@@ -254,3 +254,61 @@ def test_the_token_travels_in_the_authorization_header_not_the_url() -> None:
     client = StreamingClient("http://127.0.0.1:1/ws", token="abc")
     assert client.url == "ws://127.0.0.1:1/ws"
     assert client._headers["Authorization"] == "Bearer abc"
+
+
+# --------------------------------------------------------------------------- the real gateway
+
+
+@pytest.fixture
+async def demo() -> AsyncIterator[Any]:
+    from streaming_module.demo.app import DemoServer
+
+    async with DemoServer(port=0, token_delay_ms=1) as server:
+        yield server
+
+
+async def test_against_the_real_gateway_a_cut_connection_resumes_with_the_exact_text(
+    demo: Any,
+) -> None:
+    execution_id = "client-resume-1"
+    async with StreamingClient(demo.url + "/ws", **FAST) as client:
+        sub = await client.subscribe(execution_id, last_sequence=0)
+        demo.app.start("Write about rivers", execution_id=execution_id, words=600)
+        frames: list[Frame] = []
+        cut = False
+        async with asyncio.timeout(30):
+            async for frame in sub:
+                frames.append(frame)
+                if not cut and sum(f.type == "token" for f in frames) == 3:
+                    cut = True  # the server drops us mid-run
+                    for info in demo.gateway.get_connections():
+                        connection = demo.gateway.get_connection(info["clientId"])
+                        await connection.close(1011, "cut by the test", drain_timeout=0)
+        assert client.reconnects >= 1
+    record = demo.app.executions[execution_id]
+    for _ in range(100):
+        if record.status == "completed":
+            break
+        await asyncio.sleep(0.02)
+    assert "".join(f.content for f in frames) == record.result["content"]
+    assert_exactly_once(frames)
+
+
+async def test_against_the_real_gateway_a_missing_token_is_refused(demo: Any) -> None:
+    from streaming_module.demo.app import DemoServer
+    from streaming_module.gateway.auth import JwtAuthenticator
+
+    secret = "client-test-secret-" + "z" * 40
+    async with DemoServer(port=0, token_delay_ms=0, jwt_secret=secret) as server:
+        with pytest.raises(AuthenticationError):
+            async with StreamingClient(server.url + "/ws", **FAST):
+                pass
+        authenticator = JwtAuthenticator(server.container.options().gateway.authentication)
+        token = authenticator.issue_token("client-test", executions=["mine"])
+        async with StreamingClient(server.url + "/ws", token=token, **FAST) as client:
+            with pytest.raises(ForbiddenError):
+                await client.subscribe("not-mine")
+            sub = await client.subscribe("mine", last_sequence=0)
+            server.app.start("Write about owls", execution_id="mine", words=30)
+            text = "".join([f.content async for f in sub])
+            assert len(text.split()) == 30
