@@ -80,6 +80,14 @@ class Frame:
     timestamp: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
+    def __getitem__(self, key: str) -> Any:
+        """The decoded frame's fields by their wire names: ``frame["type"]``,
+        ``frame["payload"]``, ``frame["sequence"]``, ``frame["executionId"]``."""
+        return self.raw[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.raw.get(key, default)
+
     @property
     def content(self) -> str:
         """A token frame's text; ``""`` for every other frame."""
@@ -359,7 +367,7 @@ class StreamingClient:
         self._runner = asyncio.create_task(self._run(), name="streaming-client-reader")
 
     async def close(self) -> None:
-        """Unsubscribe nothing, close the socket with 1000 and stop every task (idempotent).
+        """Close the socket with 1000 and stop every task (idempotent).
         Open subscriptions end with :class:`ClientClosedError`."""
         self._closing = True
         ws = self._ws

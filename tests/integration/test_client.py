@@ -186,6 +186,10 @@ async def test_collect_text_replays_a_finished_run(server: ProtocolServer) -> No
     await run_workflow(server, "done", tokens)
     async with StreamingClient(server.url, **FAST) as client:
         assert await asyncio.wait_for(client.collect_text("done"), 5) == "".join(tokens)
+        # Frames read as the wire protocol's objects too.
+        async for frame in client.stream("done"):
+            assert frame["type"] == frame.type and frame["payload"] == frame.payload
+            assert frame["sequence"] == frame.sequence and frame["executionId"] == "done"
 
 
 async def test_a_gap_is_passed_on_and_resume_starts_after_it(server: ProtocolServer) -> None:

@@ -1,0 +1,120 @@
+"""The demo's HTTP side with a stand-in workflow: validation, 409, bounds, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from streaming_module.demo.app import DemoApp
+
+
+class GatedWorkflow:
+    """Finishes a run only when the test opens its gate."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.started: list[str] = []
+
+    async def run(self, state: dict[str, Any], execution_id: str) -> dict[str, Any]:
+        self.started.append(execution_id)
+        await self.gate.wait()
+        return {**state, "content": f"text for {state['prompt']}"}
+
+
+@pytest.fixture
+async def client_and_app() -> Any:
+    workflow = GatedWorkflow()
+    demo = DemoApp(workflow, max_executions=3, max_running=2)
+    app = web.Application()
+    demo.install(app)
+    async with TestClient(TestServer(app)) as client:
+        yield client, demo, workflow
+    await demo.aclose()
+
+
+async def test_start_then_read_a_run(client_and_app: Any) -> None:
+    client, demo, workflow = client_and_app
+    response = await client.post("/executions", json={"prompt": "tides", "executionId": "r1"})
+    assert response.status == 202 and await response.json() == {"executionId": "r1"}
+    body = await (await client.get("/executions/r1")).json()
+    assert body == {"executionId": "r1", "status": "running", "result": None}
+    workflow.gate.set()
+    await demo.executions["r1"].task
+    body = await (await client.get("/executions/r1")).json()
+    assert body["status"] == "completed" and body["result"]["content"] == "text for tides"
+
+
+async def test_generated_ids_and_default_words(client_and_app: Any) -> None:
+    client, demo, _ = client_and_app
+    body = await (await client.post("/executions", json={"prompt": "x"})).json()
+    assert body["executionId"].startswith("exec-")
+    assert demo.executions[body["executionId"]].words == demo.default_words
+
+
+@pytest.mark.parametrize(
+    "payload, code",
+    [
+        ("not json", "invalid_json"),
+        ([], "invalid_body"),
+        ({"prompt": "x", "colour": "red"}, "invalid_body"),
+        ({"prompt": "   "}, "invalid_prompt"),
+        ({"prompt": "x" * 10_001}, "invalid_prompt"),
+        ({"prompt": "x", "words": "ten"}, "invalid_words"),
+        ({"prompt": "x", "words": True}, "invalid_words"),
+        ({"prompt": "x", "executionId": "../etc"}, "invalid_execution_id"),
+        ({"prompt": "x", "executionId": 7}, "invalid_execution_id"),
+    ],
+)
+async def test_bad_requests_get_a_clear_400(client_and_app: Any, payload: Any, code: str) -> None:
+    client, _, _ = client_and_app
+    if isinstance(payload, str):
+        response = await client.post("/executions", data=payload)
+    else:
+        response = await client.post("/executions", json=payload)
+    assert response.status == 400
+    body = await response.json()
+    assert body["error"] == code and body["message"]
+
+
+async def test_a_taken_id_is_a_conflict_and_bounds_answer_503(client_and_app: Any) -> None:
+    client, demo, workflow = client_and_app
+    assert (
+        await client.post("/executions", json={"prompt": "a", "executionId": "a"})
+    ).status == 202
+    response = await client.post("/executions", json={"prompt": "b", "executionId": "a"})
+    assert response.status == 409
+    assert (await client.post("/executions", json={"prompt": "b"})).status == 202
+    busy = await client.post("/executions", json={"prompt": "c"})
+    assert busy.status == 503 and (await busy.json())["error"] == "busy"
+    workflow.gate.set()
+    await asyncio.gather(*(r.task for r in demo.executions.values()))
+    # Finished runs make room; the oldest is forgotten past max_executions.
+    for prompt in ("c", "d"):
+        assert (await client.post("/executions", json={"prompt": prompt})).status == 202
+    assert "a" not in demo.executions and len(demo.executions) == 3
+    assert (await client.get("/executions/a")).status == 404
+
+
+async def test_shutdown_cancels_running_runs(client_and_app: Any) -> None:
+    client, demo, _ = client_and_app
+    await client.post("/executions", json={"prompt": "a", "executionId": "long"})
+    await asyncio.sleep(0)
+    await demo.aclose()
+    assert demo.executions["long"].status == "cancelled"
+    assert (await client.post("/executions", json={"prompt": "b"})).status == 503
+
+
+async def test_the_page_and_its_assets_are_served(client_and_app: Any) -> None:
+    client, _, _ = client_and_app
+    page = await client.get("/demo")
+    assert page.status == 200 and page.content_type == "text/html"
+    html = await page.text()
+    for part in ("prompt", "start", "output", "progress", "eta", "status", "event-log"):
+        assert f'data-testid="{part}"' in html
+    for asset in ("/static/demo.js", "/static/demo.css"):
+        assert (await client.get(asset)).status == 200
+    assert (await client.get("/static/secret.py")).status == 404
