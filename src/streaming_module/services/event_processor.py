@@ -44,6 +44,7 @@ from streaming_module.core.events import (
     transform_updates,
 )
 from streaming_module.errors import EventStreamingError
+from streaming_module.services._ids import require_id
 from streaming_module.services._streams import (
     DEFAULT_MAX_QUEUE,
     ObservableAsyncIterator,
@@ -71,13 +72,7 @@ Update = StreamUpdate[Any]
 
 
 def _check_execution_id(execution_id: Any) -> str:
-    if not isinstance(execution_id, str) or not execution_id.strip():
-        raise EventStreamingError(
-            f"execution_id must be a non-empty string, got {execution_id!r}",
-            code="invalid_execution_id",
-            context={"execution_id": execution_id},
-        )
-    return execution_id
+    return require_id(execution_id, "execution_id", EventStreamingError, "invalid_execution_id")
 
 
 class EventStreamProcessorService:

@@ -27,6 +27,7 @@ from streaming_module.config import StreamingModuleOptions, StreamProgressOption
 from streaming_module.core.clock import Clock, SystemClock
 from streaming_module.core.progress import ProgressComputer
 from streaming_module.errors import ProgressTrackingError
+from streaming_module.services._ids import require_id
 from streaming_module.services._streams import (
     DEFAULT_MAX_QUEUE,
     ObservableAsyncIterator,
@@ -45,13 +46,7 @@ _OWNED_KEYS = frozenset({"timestamp", "sequence_number", "execution_id", "node_i
 
 
 def _check_execution_id(execution_id: Any) -> str:
-    if not isinstance(execution_id, str) or not execution_id.strip():
-        raise ProgressTrackingError(
-            f"execution_id must be a non-empty string, got {execution_id!r}",
-            code="invalid_execution_id",
-            context={"execution_id": execution_id},
-        )
-    return execution_id
+    return require_id(execution_id, "execution_id", ProgressTrackingError, "invalid_execution_id")
 
 
 def _describe(key: TrackerKey) -> str:

@@ -66,6 +66,7 @@ from streaming_module.core.clock import Clock, SystemClock, TimerHandle
 from streaming_module.core.rate import RateMeter
 from streaming_module.core.token_buffer import TokenBuffer, TokenCounters
 from streaming_module.errors import StreamingError, TokenStreamingError
+from streaming_module.services._ids import require_id
 from streaming_module.services._streams import ObservableAsyncIterator, observable_to_async_iter
 from streaming_module.types import StreamEventType, StreamMetadata, StreamUpdate, TokenData
 
@@ -219,17 +220,7 @@ class _Stream:
 
 
 def _check_id(value: object, what: str) -> str:
-    if not isinstance(value, str):
-        raise TokenStreamingError(
-            f"{what} must be a str, got {type(value).__name__} ({value!r})",
-            code="invalid_argument",
-            context={what: repr(value)},
-        )
-    if not value:
-        raise TokenStreamingError(
-            f"{what} must be a non-empty string", code="invalid_argument", context={what: value}
-        )
-    return value
+    return require_id(value, what, TokenStreamingError, "invalid_argument")
 
 
 class TokenStreamingService:
