@@ -2,7 +2,8 @@
 
 Never a downloaded browser: without /usr/bin/chromium these tests skip and say why. The demo
 server runs in this process (same event loop as Playwright's async API), so a test can also cut
-connections from the server side.
+connections from the server side. `UPDATE_SCREENSHOT=1 pytest tests/e2e/test_demo_browser.py`
+retakes docs/demo.png.
 """
 
 from __future__ import annotations
@@ -57,6 +58,15 @@ async def browser() -> AsyncIterator[Any]:
             await instance.close()
 
 
+def screenshot_path(tmp_path: Path) -> Path:
+    """docs/demo.png (the README's picture) when it is missing or UPDATE_SCREENSHOT=1, else a
+    scratch file, so a test run leaves the working tree clean."""
+    if os.environ.get("UPDATE_SCREENSHOT") == "1" or not SCREENSHOT.exists():
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        return SCREENSHOT
+    return tmp_path / "demo.png"
+
+
 RECORD_PROGRESS = """
 window.progressSeen = [];
 new MutationObserver(() => window.progressSeen.push(
@@ -87,7 +97,9 @@ async def wait_completed(page: Any) -> None:
     )
 
 
-async def test_a_run_streams_into_the_page_and_completes(demo: Any, browser: Any) -> None:
+async def test_a_run_streams_into_the_page_and_completes(
+    demo: Any, browser: Any, tmp_path: Path
+) -> None:
     page = await browser.new_page(viewport={"width": 1280, "height": 860})
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -121,8 +133,7 @@ async def test_a_run_streams_into_the_page_and_completes(demo: Any, browser: Any
     # The README's picture: the finished run, its text from the top, the bar settled.
     await page.evaluate("document.querySelector('[data-testid=output]').scrollTop = 0")
     await page.wait_for_timeout(400)
-    SCREENSHOT.parent.mkdir(exist_ok=True)
-    await page.screenshot(path=str(SCREENSHOT), full_page=True)
+    await page.screenshot(path=str(screenshot_path(tmp_path)), full_page=True)
 
     # Phone width: nothing overflows sideways, every part stays visible.
     await page.set_viewport_size({"width": 390, "height": 844})
