@@ -111,16 +111,14 @@ class AIContentGenerationWorkflow(DeclarativeWorkflowBase[AIWritingState]):
         self.llm = llm
 
     @node(type="llm")
-    @stream_token(  # type: ignore[untyped-decorator]
+    @stream_token(
         enabled=True,
         buffer_size=50,
         format="text",
         filter={"min_length": 1, "exclude_whitespace": True},
         flush_interval=100,
     )
-    @stream_progress(  # type: ignore[untyped-decorator]
-        enabled=True, interval=500, granularity="fine", include_eta=True
-    )
+    @stream_progress(enabled=True, interval=500, granularity="fine", include_eta=True)
     async def generateContent(self, state: AIWritingState) -> AIWritingState:
         expected = int(state.get("words") or getattr(self.llm, "words", 0) or 1)
         every = max(1, expected // _REPORTS)
@@ -142,7 +140,7 @@ class AIContentGenerationWorkflow(DeclarativeWorkflowBase[AIWritingState]):
         return {"content": "".join(parts), "completed": True}
 
     @node(type="tool")
-    @stream_event(  # type: ignore[untyped-decorator]
+    @stream_event(
         events=[
             StreamEventType.TOOL_START,
             StreamEventType.TOOL_COMPLETE,
@@ -167,7 +165,7 @@ class AIContentGenerationWorkflow(DeclarativeWorkflowBase[AIWritingState]):
         return {"tokens": processed, "progress": 100.0}
 
     @node(type="condition")
-    @stream_event(  # type: ignore[untyped-decorator]
+    @stream_event(
         events=[StreamEventType.VALUES, StreamEventType.UPDATES],
         filter={"include_debug": False, "min_priority": "medium"},
         transformer=_compact,

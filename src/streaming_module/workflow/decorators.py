@@ -34,6 +34,7 @@ NODE_TYPES: tuple[str, ...] = ("llm", "tool", "condition", "task")
 
 T = TypeVar("T")
 C = TypeVar("C", bound=type)
+F = TypeVar("F", bound=Callable[..., Any])
 
 SPEC_ATTR = "__streaming_node__"
 WORKFLOW_ATTR = "__streaming_workflow__"
@@ -248,6 +249,16 @@ def _stream_decorator(
     return apply
 
 
+@overload
+def stream_token(options: F, /) -> F: ...
+
+
+@overload
+def stream_token(
+    options: StreamTokenOptions | Mapping[str, Any] | None = None, /, **kwargs: Any
+) -> Callable[[F], F]: ...
+
+
 def stream_token(
     options: StreamTokenOptions | Mapping[str, Any] | Callable[..., Any] | None = None,
     /,
@@ -262,6 +273,16 @@ def stream_token(
     ``max_length``, ``exclude_whitespace``, ``pattern``).
     """
     return _stream_decorator(options, kwargs, StreamTokenOptions, "token", "@stream_token options")
+
+
+@overload
+def stream_event(options: F, /) -> F: ...
+
+
+@overload
+def stream_event(
+    options: StreamEventOptions | Mapping[str, Any] | None = None, /, **kwargs: Any
+) -> Callable[[F], F]: ...
 
 
 def stream_event(
@@ -280,6 +301,16 @@ def stream_event(
     return _stream_decorator(options, kwargs, StreamEventOptions, "event", "@stream_event options")
 
 
+@overload
+def stream_progress(options: F, /) -> F: ...
+
+
+@overload
+def stream_progress(
+    options: StreamProgressOptions | Mapping[str, Any] | None = None, /, **kwargs: Any
+) -> Callable[[F], F]: ...
+
+
 def stream_progress(
     options: StreamProgressOptions | Mapping[str, Any] | Callable[..., Any] | None = None,
     /,
@@ -295,6 +326,21 @@ def stream_progress(
     return _stream_decorator(
         options, kwargs, StreamProgressOptions, "progress", "@stream_progress options"
     )
+
+
+@overload
+def stream_all(target: F, /) -> F: ...
+
+
+@overload
+def stream_all(
+    target: None = None,
+    /,
+    *,
+    token: StreamTokenOptions | Mapping[str, Any] | None = None,
+    event: StreamEventOptions | Mapping[str, Any] | None = None,
+    progress: StreamProgressOptions | Mapping[str, Any] | None = None,
+) -> Callable[[F], F]: ...
 
 
 def stream_all(
@@ -328,6 +374,24 @@ def stream_all(
 
 
 # --------------------------------------------------------------------------- @workflow
+
+
+@overload
+def workflow(cls: C, /) -> C: ...
+
+
+@overload
+def workflow(
+    cls: None = None,
+    /,
+    *,
+    name: str | None = None,
+    streaming: bool = True,
+    channels: Mapping[str, Any] | None = None,
+    edges: Iterable[Edge] | None = None,
+    progress: bool = True,
+    description: str | None = None,
+) -> Callable[[C], C]: ...
 
 
 def workflow(
