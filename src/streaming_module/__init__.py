@@ -6,6 +6,7 @@ Everything public is importable from here.
 """
 
 from streaming_module.broker import Broker, Frame, InMemoryBroker, create_broker
+from streaming_module.client import StreamingClient
 from streaming_module.config import (
     AuthenticationOptions,
     BrokerOptions,
@@ -134,6 +135,7 @@ __all__ = [
     "StreamTokenDecoratorMetadata",
     "StreamTokenOptions",
     "StreamUpdate",
+    "StreamingClient",
     "StreamingConfigError",
     "StreamingContainer",
     "StreamingError",
