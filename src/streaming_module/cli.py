@@ -134,9 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo",
         help="run the AI content generation demo: page, WebSocket and HTTP API on one port",
-        description="Run the manual's AI content generation workflow with an offline, "
-        "deterministic streaming chat model behind the WebSocket gateway, with the demo page "
-        "and the HTTP API on the same port.",
+        # Raw formatting keeps the epilog's layout, so the description is wrapped by hand.
+        description="Run the manual's AI content generation workflow with an offline,\n"
+        "deterministic streaming chat model behind the WebSocket gateway, with the demo\n"
+        "page and the HTTP API on the same port.",
         epilog=_DEMO_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -162,8 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve",
         help="serve your own StreamingContainer (or its options) the same way",
-        description="Serve a StreamingContainer built by your own factory, the way the demo is "
-        "served.",
+        description="Serve a StreamingContainer built by your own factory, the way the demo\n"
+        "is served.",
         epilog=_SERVE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
