@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from pydantic import (
     AliasChoices,
@@ -489,6 +489,92 @@ def parse_options(model: type[M], value: M | Mapping[str, Any] | None, *, what: 
         ) from None
 
 
+def _spellings(model: type[BaseModel]) -> dict[str, str]:
+    """Every key that sets a field of ``model`` (its name, alias, validation aliases) → the
+    field's name."""
+    keys: dict[str, str] = {}
+    for name, info in model.model_fields.items():
+        keys[name] = name
+        if info.alias:
+            keys[info.alias] = name
+        alias = info.validation_alias
+        if isinstance(alias, str):
+            keys[alias] = name
+        elif isinstance(alias, AliasChoices):
+            keys.update({c: name for c in alias.choices if isinstance(c, str)})
+    return keys
+
+
+def _nested_model(model: type[BaseModel], field: str) -> type[BaseModel] | None:
+    """The options model a field holds (``X``, ``X | None``, ``bool | X``), if any."""
+    annotation = model.model_fields[field].annotation
+    for candidate in (annotation, *get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def _canonical(model: type[BaseModel], value: Mapping[str, Any]) -> dict[str, Any]:
+    """``value`` with every key spelled as its field name, nested options included. Unknown keys
+    are kept as given, so validation still names them."""
+    spellings = _spellings(model)
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        name = spellings.get(key, key) if isinstance(key, str) else key
+        if name in model.model_fields and isinstance(item, Mapping):
+            nested = _nested_model(model, name)
+            if nested is not None:
+                item = _canonical(nested, item)
+        out[name] = item
+    return out
+
+
+def _deep_merge(
+    model: type[BaseModel], base: dict[str, Any], over: Mapping[str, Any]
+) -> dict[str, Any]:
+    merged = dict(base)
+    for name, item in over.items():
+        nested = _nested_model(model, name) if name in model.model_fields else None
+        if (
+            nested is not None
+            and isinstance(item, Mapping)
+            and isinstance(merged.get(name), Mapping)
+        ):
+            merged[name] = _deep_merge(nested, merged[name], item)
+        else:
+            merged[name] = item
+    return merged
+
+
+def merge_options(
+    model: type[M],
+    base: M | Mapping[str, Any] | None,
+    overrides: Mapping[str, Any],
+    *,
+    what: str = "options",
+) -> dict[str, Any]:
+    """``overrides`` merged over ``base`` as one dict ready for :func:`parse_options`.
+
+    Either side may spell a key in snake_case or camelCase (``for_root({"defaultBufferSize": 5},
+    default_buffer_size=9)`` gives 9); nested options merge key by key
+    (``for_root({"websocket": {"enabled": True}}, websocket={"port": 0})`` keeps ``enabled``);
+    anything else in ``overrides`` replaces the base's value. A model ``base`` contributes only
+    the fields it was given. Raises :class:`StreamingConfigError` when ``base`` is not a model,
+    a mapping or ``None``."""
+    if base is None:
+        base_dict: dict[str, Any] = {}
+    elif isinstance(base, BaseModel):
+        base_dict = _canonical(model, base.model_dump(by_alias=False, exclude_unset=True))
+    elif isinstance(base, Mapping):
+        base_dict = _canonical(model, base)
+    else:
+        raise StreamingConfigError(
+            f"invalid {what}: expected a {model.__name__} or a dict, got {type(base).__name__}",
+            errors=[("(root)", f"expected a dict, got {type(base).__name__}")],
+        )
+    return _deep_merge(model, base_dict, _canonical(model, overrides))
+
+
 __all__ = [
     "AuthenticationOptions",
     "BrokerOptions",
@@ -508,6 +594,7 @@ __all__ = [
     "TokenFilterOptions",
     "TokenProcessor",
     "WebSocketOptions",
+    "merge_options",
     "parse_duration",
     "parse_options",
 ]

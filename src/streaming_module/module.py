@@ -10,7 +10,7 @@ from typing import Any
 
 from dependency_injector import providers
 
-from streaming_module.config import StreamingModuleOptions, parse_options
+from streaming_module.config import StreamingModuleOptions, merge_options, parse_options
 from streaming_module.container import StreamingContainer
 from streaming_module.errors import StreamingConfigError
 
@@ -68,19 +68,7 @@ def _validate(
 ) -> StreamingModuleOptions:
     if not kwargs:
         return parse_options(StreamingModuleOptions, options, what="streaming module options")
-    if options is None:
-        merged: dict[str, Any] = {}
-    elif isinstance(options, StreamingModuleOptions):
-        merged = options.model_dump(exclude_unset=True)
-    elif isinstance(options, Mapping):
-        merged = dict(options)
-    else:
-        raise StreamingConfigError(
-            "invalid streaming module options: expected a StreamingModuleOptions or a dict, got "
-            f"{type(options).__name__}",
-            errors=[("(root)", f"expected a dict, got {type(options).__name__}")],
-        )
-    merged.update(kwargs)
+    merged = merge_options(StreamingModuleOptions, options, kwargs, what="streaming module options")
     return parse_options(StreamingModuleOptions, merged, what="streaming module options")
 
 

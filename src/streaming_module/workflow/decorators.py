@@ -25,6 +25,7 @@ from streaming_module.config import (
     StreamEventOptions,
     StreamProgressOptions,
     StreamTokenOptions,
+    merge_options,
     parse_options,
 )
 from streaming_module.errors import WorkflowError
@@ -120,15 +121,8 @@ def _is_decoratable(value: Any) -> bool:
 
 def _options(model: type[BaseModel], given: Any, kwargs: Mapping[str, Any], what: str) -> Any:
     if kwargs:
-        if given is None:
-            merged: dict[str, Any] = dict(kwargs)
-        elif isinstance(given, BaseModel):
-            merged = {**given.model_dump(exclude_unset=True), **kwargs}
-        elif isinstance(given, Mapping):
-            merged = {**given, **kwargs}
-        else:
-            merged = dict(kwargs)
-        return parse_options(model, merged, what=what)
+        base = given if isinstance(given, BaseModel | Mapping) else None
+        return parse_options(model, merge_options(model, base, kwargs, what=what), what=what)
     return parse_options(model, given, what=what)
 
 
