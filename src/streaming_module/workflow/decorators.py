@@ -28,7 +28,7 @@ from streaming_module.config import (
     merge_options,
     parse_options,
 )
-from streaming_module.errors import WorkflowError
+from streaming_module.errors import StreamingConfigError, WorkflowError
 
 NodeType = Literal["llm", "tool", "condition", "task"]
 NODE_TYPES: tuple[str, ...] = ("llm", "tool", "condition", "task")
@@ -126,6 +126,24 @@ def _options(model: type[BaseModel], given: Any, kwargs: Mapping[str, Any], what
     return parse_options(model, given, what=what)
 
 
+def _keywords(given: Mapping[str, Any], allowed: Sequence[str], what: str) -> dict[str, Any]:
+    """The manual's options object (``@Node({ type: 'llm' })``) as keyword arguments; unknown
+    keys raise :class:`StreamingConfigError` naming them."""
+    unknown = [key for key in given if key not in allowed]
+    if unknown:
+        errors = [
+            (str(key), f"unknown option {key!r}; use {', '.join(map(repr, allowed))}")
+            for key in unknown
+        ]
+        lines = "\n".join(f"  - {path}: {msg}" for path, msg in errors)
+        raise StreamingConfigError(
+            f"invalid {what} ({len(errors)} problem{'s' if len(errors) != 1 else ''}):\n{lines}",
+            errors=errors,
+            context={"fields": [path for path, _ in errors]},
+        )
+    return dict(given)
+
+
 def _with_method_name(opts: Any, target: Any) -> Any:
     if getattr(opts, "method_name", None) is None:
         # model_copy keeps fields_set, so defaults the services resolve stay unset.
@@ -134,6 +152,10 @@ def _with_method_name(opts: Any, target: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- @node
+
+
+@overload
+def node(target: Mapping[str, Any], /) -> Callable[[T], T]: ...
 
 
 @overload
@@ -182,8 +204,17 @@ def node(
     ``nodeId``.
 
     ``node(compiled_graph, name="research")`` (or a workflow instance) makes a subgraph node as a
-    class attribute: ``research = node(research_graph)``.
+    class attribute: ``research = node(research_graph)``. The manual's options object works too:
+    ``@node({"type": "llm"})``.
     """
+    if isinstance(target, Mapping):
+        given = _keywords(target, ("type", "name", "description", "metadata"), "@node options")
+        return node(
+            type=given.get("type", type),
+            name=given.get("name", name),
+            description=given.get("description", description),
+            metadata=given.get("metadata", metadata),
+        )
     if type not in NODE_TYPES:
         raise WorkflowError(
             f"unknown node type {type!r}; use one of {', '.join(map(repr, NODE_TYPES))}",
@@ -371,6 +402,10 @@ def stream_all(
 
 
 @overload
+def workflow(cls: Mapping[str, Any], /) -> Callable[[C], C]: ...
+
+
+@overload
 def workflow(cls: C, /) -> C: ...
 
 
@@ -389,7 +424,7 @@ def workflow(
 
 
 def workflow(
-    cls: C | None = None,
+    cls: C | Mapping[str, Any] | None = None,
     /,
     *,
     name: str | None = None,
@@ -412,8 +447,25 @@ def workflow(
       chain; sources and targets are node ids, ``START``/``END`` or lists (fan-out, join).
     - ``progress``: report overall progress across nodes (``node_id=None``) when streaming.
 
+    The manual's options object works too: ``@workflow({"name": ..., "streaming": True,
+    "channels": {...}})``.
+
     Raises :class:`~streaming_module.errors.WorkflowError` when the graph is malformed.
     """
+    if isinstance(cls, Mapping):
+        given = _keywords(
+            cls,
+            ("name", "streaming", "channels", "edges", "progress", "description"),
+            "@workflow options",
+        )
+        return workflow(
+            name=given.get("name", name),
+            streaming=given.get("streaming", streaming),
+            channels=given.get("channels", channels),
+            edges=given.get("edges", edges),
+            progress=given.get("progress", progress),
+            description=given.get("description", description),
+        )
     opts = WorkflowOptions(
         name=name,
         streaming=streaming,
