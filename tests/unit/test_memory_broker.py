@@ -206,3 +206,24 @@ def test_redis_backend_missing_is_a_clear_error(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setitem(sys.modules, "streaming_module.broker.redis", None)
     with pytest.raises(BrokerError, match="redis"):
         create_broker(BrokerOptions(backend="redis", redis_url="redis://127.0.0.1:6379/0"))
+
+
+async def test_an_evicted_execution_keeps_its_numbering_and_reports_a_gap() -> None:
+    clock = FakeClock()
+    broker = _broker(clock, retention_after_end_ms=1000, max_executions=2)
+    for _ in range(4):
+        broker.publish("e", "token", {})
+    broker.end_execution("e")
+    clock.advance(1.5)
+    assert broker.execution_count == 0 and broker.last_sequence("e") == 4
+    got: list[Frame] = []
+    await broker.subscribe("e", got.append, last_sequence=1)
+    broker.publish("e", "token", {})
+    assert [(f.type, f.sequence) for f in got] == [("gap", 4), ("token", 5)]
+    assert got[0].payload == {"from": 2, "to": 4}
+    # Tombstones are bounded by max_executions too.
+    for name in ("a", "b", "c", "d"):
+        broker.publish(name, "token", {})
+        broker.end_execution(name)
+        clock.advance(1.5)
+    assert broker.last_sequence("a") == 0 and broker.last_sequence("d") == 1

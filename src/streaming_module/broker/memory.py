@@ -10,7 +10,13 @@ Bounds (from :class:`~streaming_module.config.BrokerOptions`):
   subscribers are never evicted under a subscriber's feet (the bound is then exceeded, with a
   warning, until they end);
 - an ended execution is evicted ``retention_after_end_ms`` after :meth:`end_execution`, by a timer
-  of the injected clock.
+  of the injected clock;
+- an evicted execution leaves a tombstone, its id and last sequence number (~150 bytes), for the
+  ``max_executions`` most recently evicted ones. If the execution is published to or subscribed
+  to again, its numbering continues after that sequence and a client resuming from an earlier
+  point is sent a ``gap`` for everything the dropped log held: sequence numbers never restart
+  (a client de-duplicating by sequence would silently drop the restarted ones) and a resume is
+  never met with silence.
 
 Everything is synchronous and runs on the caller's thread; ``subscribe`` does its replay and
 registration without yielding, so it is atomic with respect to concurrent ``publish`` calls.
@@ -71,6 +77,8 @@ class InMemoryBroker(Broker):
         # Insertion order = creation order; ended executions also listed in end order.
         self._executions: OrderedDict[str, _Execution] = OrderedDict()
         self._ended: OrderedDict[str, None] = OrderedDict()
+        # Last sequence of evicted executions, oldest eviction first (see the module docstring).
+        self._forgotten: OrderedDict[str, int] = OrderedDict()
         self._closed = False
 
     # ------------------------------------------------------------------ state
@@ -89,7 +97,9 @@ class InMemoryBroker(Broker):
 
     def last_sequence(self, execution_id: str) -> int:
         ex = self._executions.get(execution_id)
-        return ex.last_sequence if ex is not None else 0
+        if ex is not None:
+            return ex.last_sequence
+        return self._forgotten.get(execution_id, 0)
 
     # ------------------------------------------------------------------ contract
     def publish(
@@ -152,12 +162,18 @@ class InMemoryBroker(Broker):
             ex.log.clear()
         self._executions.clear()
         self._ended.clear()
+        self._forgotten.clear()
 
     # ------------------------------------------------------------------ internals
     def _create(self, execution_id: str) -> _Execution:
         if len(self._executions) >= self.options.max_executions:
             self._make_room()
         ex = _Execution(execution_id, ReplayLog(self.options.replay_max_frames, self._max_age))
+        forgotten = self._forgotten.pop(execution_id, 0)
+        if forgotten:
+            # Its log was dropped: carry on numbering, and report 1..forgotten as a gap.
+            ex.last_sequence = forgotten
+            ex.log.evicted_through = forgotten
         self._executions[execution_id] = ex
         return ex
 
@@ -183,6 +199,10 @@ class InMemoryBroker(Broker):
             ex.timer.cancel()
         del self._executions[execution_id]
         self._ended.pop(execution_id, None)
+        if ex.last_sequence:
+            self._forgotten[execution_id] = ex.last_sequence
+            while len(self._forgotten) > self.options.max_executions:
+                self._forgotten.popitem(last=False)
         for sub in ex.listeners:
             sub._closed = True
         ex.listeners = ()
