@@ -105,6 +105,9 @@ class CompiledWorkflow:
     nodes: dict[str, NodeDef]
     order: list[str]
     token_nodes: dict[str, StreamTokenOptions] = field(default_factory=dict)
+    token_metadata_nodes: frozenset[str] = frozenset()
+    """Token nodes whose options use token metadata (``processor``, ``include_metadata``,
+    ``format='structured'``): their chat model tokens carry the chunk's metadata."""
     stream_modes: tuple[str, ...] = ()
     wants_tool_callbacks: bool = False
 
@@ -403,6 +406,11 @@ def compile_workflow(cls: type, *, force: bool = False) -> CompiledWorkflow:
         raise WorkflowError(f"{cls.__name__} does not compile: {exc}", code="bad_graph") from exc
 
     token_nodes = {nid: n.token for nid, n in nodes.items() if n.token is not None}
+    token_metadata_nodes = frozenset(
+        nid
+        for nid, t in token_nodes.items()
+        if t.processor is not None or t.include_metadata or t.format == "structured"
+    )
     kinds = set().union(*(n.events.kinds for n in nodes.values()))
     # "messages" only when some node streams tokens: LangGraph's per-token callback costs.
     modes = ["messages"] if token_nodes else []
@@ -417,6 +425,7 @@ def compile_workflow(cls: type, *, force: bool = False) -> CompiledWorkflow:
         nodes=nodes,
         order=order,
         token_nodes=token_nodes,
+        token_metadata_nodes=token_metadata_nodes,
         stream_modes=tuple(modes),
         wants_tool_callbacks=bool(
             kinds & {StreamEventType.TOOL_START, StreamEventType.TOOL_COMPLETE}

@@ -5,8 +5,9 @@
 and, for each part, in the order LangGraph produced them:
 
 - ``messages``: a chat model chunk from a ``@stream_token`` node (or a subgraph inside it) goes to
-  ``TokenStreamingService.stream_token(execution_id, node_id, text)`` — one dict lookup and one
-  call per token, nothing else;
+  ``TokenStreamingService.stream_token(execution_id, node_id, text)`` — two lookups and one call
+  per token; the chunk's metadata (node, step, ``ls_*`` model fields, message id) is added only
+  for nodes whose ``processor``, ``include_metadata`` or ``structured`` format use it;
 - ``custom``: :class:`~streaming_module.workflow.signals.Signal` objects from node functions
   (start, end, error, pushed tokens, progress, tool calls) open and flush token streams, drive
   progress trackers and publish node events;
@@ -59,6 +60,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger("streaming_module.workflow")
 
 _OVERALL_PROGRESS = StreamProgressOptions(interval=0)
+# What of LangGraph's ``messages`` metadata a token carries to its stream's processor and, with
+# include_metadata, into its update: where it was produced and by which model.
+_TOKEN_METADATA_KEYS = ("langgraph_node", "langgraph_step", "langgraph_checkpoint_ns")
 _ET = StreamEventType
 
 
@@ -75,6 +79,18 @@ def _text_of(content: Any) -> str:
                 parts.append(str(block.get("text", "")))
         return "".join(parts)
     return ""
+
+
+def _token_metadata(meta: Any, message: AIMessage) -> dict[str, Any]:
+    """A token's metadata from a ``messages`` part: node, step, model (``ls_*``), message id."""
+    out: dict[str, Any] = {}
+    if isinstance(meta, dict):
+        for key, value in meta.items():
+            if key in _TOKEN_METADATA_KEYS or key.startswith("ls_"):
+                out[key] = value
+    if message.id is not None:
+        out["message_id"] = message.id
+    return out
 
 
 class _ToolCallbacks(BaseCallbackHandler):
@@ -221,6 +237,7 @@ class WorkflowRun:
         # The per-token path is the first branch: keep it to a lookup, a check and a call.
         eid = self.execution_id
         token_nodes = self.compiled.token_nodes
+        metadata_nodes = self.compiled.token_metadata_nodes
         stream_token = self.tokens.stream_token
         async for namespace, mode, chunk in parts:
             if mode == "messages":
@@ -231,7 +248,10 @@ class WorkflowRun:
                     text = content if isinstance(content, str) else _text_of(content)
                     if text:
                         try:
-                            stream_token(eid, node_id, text)
+                            if node_id in metadata_nodes:
+                                stream_token(eid, node_id, text, _token_metadata(meta, message))
+                            else:
+                                stream_token(eid, node_id, text)
                         except TokenStreamingError as exc:
                             logger.warning("token of %s:%s dropped: %s", eid, node_id, exc)
             elif mode == "custom":
