@@ -332,6 +332,25 @@ class EventStreamProcessorService:
 
         return reactivex.create(subscribe)
 
+    def iter_process_batch(
+        self,
+        events: Iterable[Update] | Observable[Update],
+        batch_size: int = 10,
+        debounce_ms: int = 0,
+        *,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+    ) -> ObservableAsyncIterator[list[Update]]:
+        """:meth:`process_batch` as an async iterator (``async for batch in ...``), ending when
+        the source completes. Subscribes at once; a consumer more than ``max_queue`` batches
+        behind gets ``StreamOverflowError`` after the batches queued before it (a batch is never
+        silently dropped)."""
+        return observable_to_async_iter(
+            self.process_batch(events, batch_size, debounce_ms),
+            max_queue=max_queue,
+            overflow="error",
+            name="event batches",
+        )
+
     def group_events_by_type(
         self, events: Observable[Update] | Iterable[Update]
     ) -> Observable[GroupedObservable[StreamEventType, Update]]:
