@@ -15,7 +15,7 @@ Priorities
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
 from streaming_module.config import EventFilterCriteria
@@ -112,7 +112,7 @@ class EventFilter:
     - ``node_ids`` / ``execution_ids``: the metadata's id is one of them (an update without
       metadata, or without a node id, fails these rules);
     - ``start_time`` / ``end_time``: the metadata timestamp lies in the closed range (an update
-      without metadata fails a time rule).
+      without metadata fails a time rule; a naive timestamp is taken as UTC, like the criteria).
 
     Building one costs a few small sets; ``matches`` is a handful of set lookups per update.
     """
@@ -164,9 +164,12 @@ class EventFilter:
         if self._start is not None or self._end is not None:
             if meta is None:
                 return False
-            if self._start is not None and meta.timestamp < self._start:
+            when = meta.timestamp
+            if when.tzinfo is None:  # naive means UTC, as it does for the criteria
+                when = when.replace(tzinfo=UTC)
+            if self._start is not None and when < self._start:
                 return False
-            if self._end is not None and meta.timestamp > self._end:
+            if self._end is not None and when > self._end:
                 return False
         return True
 
