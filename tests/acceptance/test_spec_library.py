@@ -980,3 +980,19 @@ async def test_process_batch_has_an_async_iterator_twin() -> None:
     events = [_event(ET.VALUES, i) for i in range(1, 8)]
     batches = [b async for b in service.iter_process_batch(events, batch_size=3)]
     assert [[e.metadata.sequence_number for e in b] for b in batches] == [[1, 2, 3], [4, 5, 6], [7]]
+
+
+def test_time_range_filter_works_with_naive_timestamps_as_utc() -> None:
+    """ "Filter criteria: ... time range." Naive datetimes (``datetime(2026, 1, 1, 0, 0, 2)``, as
+    a user writes them) mean UTC on both sides, as they do for the criteria: never a bare
+    ``TypeError`` about offset-naive and offset-aware datetimes."""
+    service = EventStreamProcessorService()
+    naive = [
+        StreamUpdate(ET.VALUES, {}, StreamMetadata(datetime(2026, 1, 1, 0, 0, i), i, "e"))
+        for i in range(5)
+    ]
+    start = datetime(2026, 1, 1, 0, 0, 2)
+    kept = service.filter_events(naive, {"startTime": start, "endTime": start.replace(second=3)})
+    assert [e.metadata.sequence_number for e in kept] == [2, 3]
+    aware_start = start.replace(tzinfo=UTC)
+    assert len(service.filter_events(naive, {"start_time": aware_start})) == 3
