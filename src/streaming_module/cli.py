@@ -304,9 +304,12 @@ async def build_container(reference: str, host: str | None, port: int | None) ->
     if isinstance(produced, StreamingContainerInstance):
         current: StreamingModuleOptions = produced.options()
         websocket_options = current.websocket.model_copy(update=overrides)
-        produced.options.override(
-            providers.Object(current.model_copy(update={"websocket": websocket_options}))
-        )
+        updated = current.model_copy(update={"websocket": websocket_options})
+        produced.options.override(providers.Object(updated))
+        # The factory may already have built the gateway (to add routes of its own, as the demo
+        # does); it was given the options of that time, and reads where to listen from its
+        # options when it starts, so hand it the updated ones too.
+        produced.gateway().options = updated
         return produced
     raise CliError(
         f"--app {reference!r} returned {type(produced).__name__}; return a StreamingContainer "
