@@ -232,9 +232,16 @@ class Subscription:
     def _accept(self, frame: Frame) -> bool:
         """Whether ``frame`` is new; advances ``last_sequence``."""
         if frame.type == "gap":
-            to = frame.payload.get("to", frame.raw.get("to"))
-            if isinstance(to, int) and (self.last_sequence is None or to > self.last_sequence):
-                self.last_sequence = to
+            # The gateway's gap carries `sequence` = `to`: judge it by `to`, so that moving
+            # past it does not make it look like a duplicate of itself.
+            to = frame.payload.get("to", frame.raw.get("to", frame.sequence))
+            if not isinstance(to, int):
+                return True
+            if self.last_sequence is not None and to <= self.last_sequence:
+                self.duplicates_dropped += 1  # already past it (announced before a resume)
+                return False
+            self.last_sequence = to
+            return True
         if frame.sequence is None:
             return True
         if self.last_sequence is not None and frame.sequence <= self.last_sequence:
