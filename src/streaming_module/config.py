@@ -117,8 +117,10 @@ class StreamTokenOptions(OptionsModel):
     flush_interval: int = Field(
         default=100,
         ge=0,
-        description="Milliseconds after the first buffered token before a flush; 0 disables "
-        "the timer (flush by size, flush_tokens and close only).",
+        description="The buffer flushes at most this many milliseconds after the first "
+        "buffered token (each stream's timer runs up to 10% early, drawn once per stream, so "
+        "streams opened together do not flush together); 0 disables the timer (flush by size, "
+        "flush_tokens and close only).",
     )
     format: TokenFormat = "text"
     include_metadata: bool = False

@@ -7,6 +7,7 @@ import asyncio
 import gc
 import itertools
 import logging
+import random
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -64,7 +65,9 @@ def clock() -> FakeClock:
 @pytest.fixture
 def service(clock: FakeClock) -> TokenStreamingService:
     return TokenStreamingService(
-        StreamingModuleOptions(websocket={"enabled": False}, default_buffer_size=10), clock=clock
+        StreamingModuleOptions(websocket={"enabled": False}, default_buffer_size=10),
+        clock=clock,
+        rng=random.Random(7),  # the flush-timer jitter, repeatable
     )
 
 
@@ -148,13 +151,67 @@ async def test_flush_interval_fires_by_itself_without_more_tokens(
     service.stream_token(E, N, "Hel")
     clock.advance(0.05)
     service.stream_token(E, N, "lo")
-    clock.advance(0.049)
+    # The timer runs up to FLUSH_JITTER (10%) early, never late: 90-100 ms after "Hel".
+    clock.advance(0.0399)
     assert got.items == []
-    clock.advance(0.002)  # 100 ms after the first buffered token (float slack)
+    clock.advance(0.0102)  # 100 ms after the first buffered token (float slack)
     assert got.contents == ["Hello"]
     clock.advance(10)
     assert len(got.items) == 1  # nothing buffered: no empty update
     assert clock.pending_timers == 1  # only the idle sweep is left
+
+
+async def test_streams_opened_together_flush_within_their_interval_but_not_together(
+    clock: FakeClock,
+) -> None:
+    # 100 streams opened and fed together (a lock-step round-robin load): each one still
+    # flushes within its flush_interval, but their timers no longer fire in the same instant.
+    service = TokenStreamingService(
+        {"stream_idle_timeout_ms": 0}, clock=clock, rng=random.Random(1)
+    )
+    flushed_at: dict[str, float] = {}
+    for i in range(100):
+        node = f"n{i}"
+        await service.initialize_token_stream(
+            execution_id=E, node_id=node, config={"buffer_size": 100, "flush_interval": 50}
+        )
+        service.get_token_stream(E, node).subscribe(
+            lambda u, node=node: flushed_at.setdefault(node, clock.monotonic())
+        )
+    start = clock.monotonic()
+    for i in range(100):
+        service.stream_token(E, f"n{i}", "t")
+    for _ in range(60):
+        clock.advance(0.001)
+    assert len(flushed_at) == 100
+    delays = [at - start for at in flushed_at.values()]
+    assert all(0.045 - 1e-9 <= d <= 0.050 + 1e-9 for d in delays)  # the promise: <= 50 ms
+    assert len(set(delays)) > 50  # spread out, not one burst
+
+
+async def test_the_flush_jitter_is_drawn_once_per_stream_from_the_given_rng() -> None:
+    async def deadlines(seed: int) -> list[float]:
+        clock = FakeClock()
+        service = TokenStreamingService(
+            {"stream_idle_timeout_ms": 0}, clock=clock, rng=random.Random(seed)
+        )
+        got: list[float] = []
+        for i in range(5):
+            await service.initialize_token_stream(execution_id=E, node_id=f"n{i}")
+            service.get_token_stream(E, f"n{i}").subscribe(lambda u: got.append(clock.monotonic()))
+        for _ in range(2):  # two rounds: the same stream keeps its delay
+            for i in range(5):
+                service.stream_token(E, f"n{i}", "t")
+            for _ in range(100):
+                clock.advance(0.001)
+        return got
+
+    first = await deadlines(3)
+    assert first == await deadlines(3)  # seedable: tests and benchmarks can repeat a draw
+    assert first != await deadlines(4)
+    first_round = [t - 1000.0 for t in first[:5]]
+    second_round = [t - 1000.1 for t in first[5:]]
+    assert first_round == pytest.approx(second_round, abs=1.5e-3)
 
 
 async def test_flush_interval_0_disables_the_timer(
@@ -175,9 +232,9 @@ async def test_streams_without_flush_interval_use_the_module_default(clock: Fake
     assert service.get_active_token_streams()[0].config.flush_interval == 250
     got = collect(service.get_token_stream(E, N))
     service.stream_token(E, N, "x")
-    clock.advance(0.249)
+    clock.advance(0.224)  # the timer may run up to 10% early: not before 225 ms
     assert got.items == []
-    clock.advance(0.001)
+    clock.advance(0.0261)  # at most 250 ms (float slack)
     assert got.contents == ["x"]
 
 

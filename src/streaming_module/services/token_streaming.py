@@ -9,9 +9,16 @@ shape of each ``format``. This module adds time, ids and delivery.
 When a stream's buffer flushes
     * ``stream_token`` fills it to ``buffer_size`` (``None`` in the config:
       ``options.default_buffer_size``) — in that same call;
-    * ``flush_interval`` ms after the first token entered the empty buffer, on a timer from the
-      injected clock (a config without ``flush_interval`` uses
-      ``options.default_flush_interval``; ``0`` disables the timer);
+    * at most ``flush_interval`` ms after the first token entered the empty buffer, on a timer
+      from the injected clock (a config without ``flush_interval`` uses
+      ``options.default_flush_interval``; ``0`` disables the timer). Each stream's timer runs
+      a little early: ``flush_interval * (1 - j)``, with ``j`` drawn once per stream, uniformly
+      in ``[0, FLUSH_JITTER)`` (10%), from the service's ``rng``. So every token still leaves
+      within its ``flush_interval``, but streams opened together (e.g. one per execution, fed
+      round-robin) stop flushing in the same event-loop turn; in lock-step they would write one
+      burst of frames per interval (100 streams x 10 clients: 1,000 frames, a ~10 ms loop
+      stall) and add that stall to the latency tail. Pass ``rng=random.Random(seed)`` for a
+      repeatable draw;
     * ``await flush_tokens(...)``, ``close_token_stream(...)``,
       ``close_execution_token_streams(...)``, ``close_stale_streams()``, ``aclose()``, and
       re-initialising the stream.
@@ -49,6 +56,7 @@ thread use ``loop.call_soon_threadsafe``).
 from __future__ import annotations
 
 import logging
+import random
 from collections import deque
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
@@ -79,6 +87,11 @@ TokenUpdate = StreamUpdate[TokenData]
 
 RATE_WINDOW_SECONDS = 1.0
 """``tokens_per_second`` counts tokens emitted over this many most recent seconds."""
+
+FLUSH_JITTER = 0.1
+"""A stream's flush timer fires after ``flush_interval * (1 - j)``, ``j`` drawn once per stream
+in ``[0, FLUSH_JITTER)``: never later than ``flush_interval``, and desynchronised between streams
+started together (see the module docstring)."""
 
 _TOKEN = StreamEventType.TOKEN
 
@@ -184,6 +197,7 @@ class _Stream:
         "created_at",
         "execution_id",
         "interval",
+        "interval_scale",
         "key",
         "last_activity",
         "last_flush",
@@ -200,6 +214,7 @@ class _Stream:
         default_buffer_size: int,
         now: datetime,
         monotonic: float,
+        interval_scale: float,
     ) -> None:
         self.execution_id = execution_id
         self.node_id = node_id
@@ -207,7 +222,9 @@ class _Stream:
         self.config = config
         self.buffer = TokenBuffer(config, default_buffer_size=default_buffer_size)
         self.buffer_size = self.buffer.buffer_size
-        self.interval = config.flush_interval / 1000.0
+        # The timer's delay in seconds: flush_interval shortened by this stream's jitter.
+        self.interval_scale = interval_scale
+        self.interval = config.flush_interval / 1000.0 * interval_scale
         self.timer: TimerHandle | None = None
         self.created_at = now
         self.last_flush = now
@@ -230,18 +247,22 @@ class TokenStreamingService:
 
     ``options`` (a model, a dict or ``None``) gives ``default_buffer_size``,
     ``default_flush_interval``, ``stream_idle_timeout_ms`` and ``max_token_length``; ``clock``
-    (default :class:`SystemClock`) gives time and the flush/idle timers.
+    (default :class:`SystemClock`) gives time and the flush/idle timers; ``rng`` (default a
+    fresh, unseeded :class:`random.Random`) draws each stream's flush-timer jitter (one draw per
+    stream opened, none per token).
     """
 
     def __init__(
         self,
         options: StreamingModuleOptions | Mapping[str, Any] | None = None,
         clock: Clock | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self._options = parse_options(
             StreamingModuleOptions, options, what="streaming module options"
         )
         self._clock: Clock = clock if clock is not None else SystemClock()
+        self._rng = rng if rng is not None else random.Random()
         self._max_token_length = self._options.max_token_length
         self._idle_timeout = self._options.stream_idle_timeout_ms / 1000.0
         self._streams: dict[tuple[str, str], _Stream] = {}
@@ -293,7 +314,7 @@ class TokenStreamingService:
             stream.config = resolved
             stream.buffer.configure(resolved, default_buffer_size=self._options.default_buffer_size)
             stream.buffer_size = stream.buffer.buffer_size
-            stream.interval = resolved.flush_interval / 1000.0
+            stream.interval = resolved.flush_interval / 1000.0 * stream.interval_scale
             logger.debug("re-initialised token stream %s", stream.stream_key)
             return
         stream = _Stream(
@@ -303,6 +324,7 @@ class TokenStreamingService:
             self._options.default_buffer_size,
             self._clock.now(),
             self._clock.monotonic(),
+            1.0 - FLUSH_JITTER * self._rng.random(),
         )
         self._streams[key] = stream
         self._by_execution.setdefault(execution_id, {})[node_id] = stream
@@ -803,4 +825,10 @@ class TokenStreamingService:
         )
 
 
-__all__ = ["RATE_WINDOW_SECONDS", "TokenStatistics", "TokenStreamInfo", "TokenStreamingService"]
+__all__ = [
+    "FLUSH_JITTER",
+    "RATE_WINDOW_SECONDS",
+    "TokenStatistics",
+    "TokenStreamInfo",
+    "TokenStreamingService",
+]
