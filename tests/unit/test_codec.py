@@ -21,6 +21,7 @@ from streaming_module.core.codec import (
     encode_error,
     encode_frame,
     encode_reply,
+    ws_text_frame,
 )
 from streaming_module.errors import ProtocolError
 from streaming_module.types import StreamMetadata, TokenData
@@ -181,3 +182,32 @@ def test_langchain_messages_encode() -> None:
     messages = pytest.importorskip("langchain_core.messages")
     out = orjson.loads(dumps({"m": messages.AIMessage(content="hello")}))
     assert out["m"]["content"] == "hello"
+
+
+# --------------------------------------------------------------------------- ws_text_frame
+
+
+@pytest.mark.parametrize("length", [0, 1, 125, 126, 127, 65535, 65536, 70000])
+def test_ws_text_frame_is_a_valid_unmasked_text_frame_for_every_length_encoding(
+    length: int,
+) -> None:
+    # The websockets package's own frame parser (the client side: frames must be unmasked).
+    from websockets.frames import Frame as WsFrame
+    from websockets.frames import Opcode
+    from websockets.streams import StreamReader
+
+    payload = ("é" * (length // 2) + "x" * (length % 2)).encode()
+    assert len(payload) == length
+    data = ws_text_frame(payload)
+    header = 2 if length < 126 else 4 if length < 65536 else 10
+    assert len(data) == header + length
+    reader = StreamReader()
+    reader.feed_data(data)
+    parser = WsFrame.parse(reader.read_exact, mask=False)
+    with pytest.raises(StopIteration) as done:
+        next(parser)
+    frame = done.value.value
+    assert frame.opcode is Opcode.TEXT and frame.fin
+    assert not (frame.rsv1 or frame.rsv2 or frame.rsv3)
+    assert bytes(frame.data) == payload
+    assert not reader.buffer  # the frame ends exactly where its length says

@@ -13,7 +13,7 @@ import abc
 from collections.abc import Callable
 from typing import Any
 
-from streaming_module.core.codec import encode_frame
+from streaming_module.core.codec import encode_frame, ws_text_frame
 
 GAP = "gap"
 """Type of the frame announcing sequences the replay log no longer holds."""
@@ -24,11 +24,13 @@ class Frame:
 
     ``payload`` is what goes under ``"payload"``; ``replayable`` is False for frames that are
     only delivered live (``at-most-once``). :meth:`encoded` returns the JSON bytes, encoded once
-    and shared by every subscriber.
+    and shared by every subscriber; :meth:`ws_frame` the complete WebSocket text frame around
+    them, also built once, for connections that write it to their socket as is.
     """
 
     __slots__ = (
         "_encoded",
+        "_ws_frame",
         "execution_id",
         "payload",
         "replayable",
@@ -53,6 +55,7 @@ class Frame:
         self.payload = payload
         self.replayable = replayable
         self._encoded: bytes | None = None
+        self._ws_frame: bytes | None = None
 
     def encoded(self) -> bytes:
         """``{"type","executionId","sequence","timestamp","payload"}`` as JSON bytes (cached)."""
@@ -61,6 +64,15 @@ class Frame:
             data = self._encoded = encode_frame(
                 self.type, self.execution_id, self.sequence, self.timestamp, self.payload
             )
+        return data
+
+    def ws_frame(self) -> bytes:
+        """:meth:`encoded` as one unmasked, uncompressed WebSocket text frame (header +
+        payload), cached: a broadcast frames it once instead of once per client. Memory: a frame
+        kept by the replay log holds the JSON twice once this was called (header: 2-10 bytes)."""
+        data = self._ws_frame
+        if data is None:
+            data = self._ws_frame = ws_text_frame(self.encoded())
         return data
 
     def to_dict(self) -> dict[str, Any]:

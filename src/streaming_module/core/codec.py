@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import struct
 from collections.abc import Mapping
 from datetime import date, datetime, time, timedelta
 from typing import Annotated, Any, Literal
@@ -244,6 +245,24 @@ def encode_error(code: str, message: str) -> bytes:
     return encode_reply("error", {"code": code, "message": message})
 
 
+_PACK_LEN2 = struct.Struct("!BBH").pack
+_PACK_LEN3 = struct.Struct("!BBQ").pack
+
+
+def ws_text_frame(data: bytes) -> bytes:
+    """``data`` (UTF-8 JSON) as one complete, final, unmasked, uncompressed WebSocket text frame
+    (RFC 6455 section 5.2): ``0x81``, then the payload length in 7 bits (< 126), as 126 + 16
+    bits (< 65536) or as 127 + 64 bits, then the payload. Server-to-client frames are never
+    masked, so these bytes are the same for every client of a broadcast. Costs one copy of
+    ``data``."""
+    length = len(data)
+    if length < 126:
+        return bytes((0x81, length)) + data
+    if length < 65536:
+        return _PACK_LEN2(0x81, 126, length) + data
+    return _PACK_LEN3(0x81, 127, length) + data
+
+
 __all__ = [
     "CLIENT_MESSAGE_TYPES",
     "FILTERABLE_KINDS",
@@ -259,4 +278,5 @@ __all__ = [
     "encode_frame",
     "encode_reply",
     "json_default",
+    "ws_text_frame",
 ]
