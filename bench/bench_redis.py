@@ -1,0 +1,181 @@
+"""The Redis Streams broker against the in-memory one, and two publishing processes against one.
+
+- ``redis_vs_memory``: frames/s from ``publish`` until a local subscriber has received every
+  frame (token frames, ~80-byte payload, one execution), through :class:`RedisBroker` (Lua
+  sequencing, pipelined writer, XREAD fan-out) vs :class:`InMemoryBroker`. Goal ``report``: the
+  price of sharing executions between processes.
+- ``redis_2proc_vs_1proc``: aggregate frames/s written to Redis (``publish`` + ``flush``) by two
+  processes, each with its own broker and execution, vs one process alone. Goal ``report``:
+  whether a second gateway adds write capacity on this machine (Redis runs on the same 2 cores).
+
+Needs a Redis at ``REDIS_URL`` (default ``redis://127.0.0.1:6379/0``); without one the rows are
+skipped with a message on stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from common import Row, median_of, row
+
+_SCRIPT = str(Path(__file__).resolve())
+URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def _options(prefix: str):  # type: ignore[no-untyped-def]
+    from streaming_module.config import BrokerOptions
+
+    return BrokerOptions(backend="redis", redis_url=URL, key_prefix=prefix)
+
+
+async def _cleanup(prefix: str) -> None:
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(URL)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+async def _through(broker_kind: str, frames: int) -> float:
+    """Frames/s from the first publish until the subscriber has them all."""
+    from streaming_module.broker.memory import InMemoryBroker
+    from streaming_module.broker.redis import RedisBroker
+
+    prefix = f"smbench:{uuid.uuid4().hex[:8]}"
+    broker = RedisBroker(_options(prefix)) if broker_kind == "redis" else InMemoryBroker()
+    received = 0
+    done = asyncio.Event()
+
+    def listener(frame: object) -> None:
+        nonlocal received
+        received += 1
+        if received == frames:
+            done.set()
+
+    try:
+        await broker.subscribe("bench", listener)
+        payload = {"content": "token " * 10, "nodeId": "generate", "index": None}
+        started = time.perf_counter()
+        for i in range(frames):
+            broker.publish("bench", "token", payload)
+            if i % 500 == 499:
+                await asyncio.sleep(0)  # let the writer and reader run, as a real loop would
+        await asyncio.wait_for(done.wait(), 60)
+        return frames / (time.perf_counter() - started)
+    finally:
+        await broker.aclose()
+        if broker_kind == "redis":
+            await _cleanup(prefix)
+
+
+async def _write_only(prefix: str, frames: int, start_at: float) -> float:
+    """Seconds for one process to publish ``frames`` and flush them to Redis, starting at the
+    wall time ``start_at`` (so processes run together, start-up excluded)."""
+    from streaming_module.broker.redis import RedisBroker
+
+    broker = RedisBroker(_options(prefix))
+    await broker.ping()  # connected before the clock starts
+    await asyncio.sleep(max(0.0, start_at - time.time()))
+    payload = {"content": "token " * 10, "nodeId": "generate", "index": None}
+    execution = f"bench-{os.getpid()}"
+    try:
+        started = time.perf_counter()
+        for i in range(frames):
+            broker.publish(execution, "token", payload)
+            if i % 500 == 499:
+                await asyncio.sleep(0)
+        await broker.flush()
+        return time.perf_counter() - started
+    finally:
+        await broker.aclose()
+
+
+def _processes(count: int, frames: int) -> float:
+    """Aggregate frames/s of ``count`` publishing processes started together."""
+    prefix = f"smbench:{uuid.uuid4().hex[:8]}"
+    start_at = time.time() + 3.0
+    children = [
+        subprocess.Popen(
+            [sys.executable, _SCRIPT, "--child", prefix, str(frames), str(start_at)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        for _ in range(count)
+    ]
+    durations = []
+    for child in children:
+        out, _ = child.communicate(timeout=120)
+        if child.returncode != 0:
+            raise RuntimeError(f"bench child failed ({child.returncode}): {out[-500:]}")
+        durations.append(float(out.strip().splitlines()[-1]))
+    asyncio.run(_cleanup(prefix))
+    return count * frames / max(durations)
+
+
+def _redis_answers() -> bool:
+    try:
+        import redis
+
+        client = redis.Redis.from_url(URL, socket_connect_timeout=0.5, socket_timeout=0.5)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception:
+        return False
+
+
+def run(quick: bool = False) -> list[Row]:
+    if not _redis_answers():
+        print(f"bench_redis: no Redis at {URL}; skipped", file=sys.stderr)
+        return []
+    frames = 5_000 if quick else 40_000
+    repeats = 1 if quick else 3
+    redis_rate = median_of(repeats, lambda: asyncio.run(_through("redis", frames)))
+    memory_rate = median_of(repeats, lambda: asyncio.run(_through("memory", frames)))
+    rows = [
+        row(
+            "redis_vs_memory",
+            round(redis_rate),
+            "frames/s",
+            "in_memory_broker",
+            round(memory_rate),
+            "report",
+            note=f"{frames} token frames publish -> local subscriber, one execution",
+        )
+    ]
+    per_process = 5_000 if quick else 30_000
+    one = median_of(repeats, lambda: _processes(1, per_process))
+    two = median_of(repeats, lambda: _processes(2, per_process))
+    rows.append(
+        row(
+            "redis_2proc_vs_1proc",
+            round(two),
+            "frames/s",
+            "redis_1_process",
+            round(one),
+            "report",
+            note=f"{per_process} frames per process written to Redis (publish + flush), "
+            "processes started together, start-up excluded; Redis shares the 2 cores",
+        )
+    )
+    return rows
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] == "--child":
+        print(asyncio.run(_write_only(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))))
+    else:
+        for r in run(quick="--quick" in sys.argv):
+            print(r.to_dict())
