@@ -640,7 +640,11 @@ class RedisBroker(Broker):
             pipe = self._redis.pipeline(transaction=False)
             pipe.xadd(self._wake_key, {"w": "1"}, maxlen=1)
             pipe.pexpire(self._wake_key, 60_000)
-            await pipe.execute()
+            try:
+                await pipe.execute()
+            except RedisError as exc:
+                # Not fatal: the reader picks the execution up when its XREAD times out.
+                logger.debug("could not wake the reader (%s)", exc)
 
     async def _read_loop(self) -> None:
         backoff = BACKOFF_MIN
