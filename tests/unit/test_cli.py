@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
+
 import pytest
 
-from streaming_module.cli import build_parser, load_factory, main
+from streaming_module.cli import build_parser, load_factory, main, run_until_stopped
 
 
 def test_demo_defaults() -> None:
@@ -73,3 +76,27 @@ def test_load_factory_explains_what_is_wrong() -> None:
         load_factory("os.path:no_such_factory")
     with pytest.raises(CliError, match="not callable"):
         load_factory("os:sep")
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+async def test_servers_freeze_the_collector_once_started_only_when_asked(
+    freeze: bool, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `demo` and `serve` pass freeze_gc=True; the library never freezes by itself.
+    calls: list[str] = []
+    monkeypatch.setattr(gc, "collect", lambda *args: calls.append("collect") or 0)
+    monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
+    stopped = asyncio.Event()
+
+    async def start() -> str:
+        calls.append("start")
+        stopped.set()  # as if Ctrl-C came right away
+        return "http://127.0.0.1:1"
+
+    async def stop() -> None:
+        calls.append("stop")
+
+    await run_until_stopped(start, stop, stop_event=stopped, freeze_gc=freeze)
+    expected = ["start", "collect", "freeze", "stop"] if freeze else ["start", "stop"]
+    assert calls == expected
+    assert capsys.readouterr().out == "listening on http://127.0.0.1:1\n"
