@@ -10,8 +10,15 @@ Tokens look like a real model's: each is one word with the whitespace before it 
 no token is only whitespace (a ``@stream_token`` filter with ``exclude_whitespace`` drops none).
 Joining the tokens gives exactly the message ``ainvoke`` returns.
 
+Long answers stream several words per chunk: up to :data:`MAX_CHUNKS` words a call streams one
+word per chunk; beyond that, :func:`words_per_chunk` consecutive tokens are joined into one chunk
+(100 for 1,000,000 words), so a call never streams many more than ``MAX_CHUNKS`` chunks. The text
+is the same either way. Why: LangChain's ``BaseChatModel.astream`` keeps every chunk of a call
+until the call ends (to merge them for its callbacks), ~2 KB per chunk with its message object
+and metadata, so 1,000,000 one-word chunks held ~2 GB; 10,000 chunks hold ~20 MB.
+
 Cost: generation is lazy (one word at a time), so a run of 1,000,000 words never holds more than
-the text itself.
+the text itself and the ``MAX_CHUNKS`` chunks LangChain keeps.
 """
 
 from __future__ import annotations
@@ -32,9 +39,36 @@ from pydantic import Field
 DEFAULT_WORDS = 300
 MAX_WORDS = 1_000_000
 
-# How often a model with no delay hands control back to the event loop, in tokens: keeps a
+MAX_CHUNKS = 10_000
+"""A call streams one word per chunk up to this many words, and about this many chunks beyond."""
+
+# How often a model with no delay hands control back to the event loop, in words: keeps a
 # 1,000,000-word run from starving the server's other connections.
 _YIELD_EVERY = 64
+
+
+def words_per_chunk(words: int) -> int:
+    """How many words one streamed chunk carries in a call of ``words`` words: 1 up to
+    :data:`MAX_CHUNKS`, then ``ceil(words / MAX_CHUNKS)``."""
+    return max(1, -(-words // MAX_CHUNKS))
+
+
+def iter_chunks(prompt: str, words: int = DEFAULT_WORDS) -> Iterator[str]:
+    """:func:`iter_tokens` grouped :func:`words_per_chunk` tokens at a time (the last chunk may
+    be shorter); joining the chunks gives the same text."""
+    size = words_per_chunk(words)
+    if size == 1:
+        yield from iter_tokens(prompt, words)
+        return
+    group: list[str] = []
+    for token in iter_tokens(prompt, words):
+        group.append(token)
+        if len(group) == size:
+            yield "".join(group)
+            group.clear()
+    if group:
+        yield "".join(group)
+
 
 _ADJECTIVES = (
     "adaptive", "careful", "clear", "concise", "curious", "deliberate", "durable", "elegant",
@@ -170,9 +204,11 @@ def _prompt_of(messages: Sequence[BaseMessage]) -> str:
 class DemoChatModel(BaseChatModel):
     """A deterministic, offline chat model that streams a prompt-dependent answer.
 
-    ``words`` is the answer's length (one token per word; 1 to 1,000,000) and can be overridden
-    per call (``await model.ainvoke(prompt, words=40)``). ``token_delay_ms`` paces the stream
-    (0: as fast as possible, yet it still yields to the event loop every few dozen tokens).
+    ``words`` is the answer's length (1 to 1,000,000; one word per streamed chunk up to
+    :data:`MAX_CHUNKS` words, several beyond, see the module docstring) and can be overridden
+    per call (``await model.ainvoke(prompt, words=40)``). ``token_delay_ms`` paces the stream,
+    per chunk (0: as fast as possible, yet it still yields to the event loop every few dozen
+    words).
     """
 
     words: int = Field(default=DEFAULT_WORDS, ge=1, le=MAX_WORDS)
@@ -214,7 +250,7 @@ class DemoChatModel(BaseChatModel):
         import time
 
         delay = self.token_delay_ms / 1000
-        for token in iter_tokens(_prompt_of(messages), self._length(kwargs)):
+        for token in iter_chunks(_prompt_of(messages), self._length(kwargs)):
             if delay:
                 time.sleep(delay)
             yield ChatGenerationChunk(message=AIMessageChunk(content=token))
@@ -227,12 +263,23 @@ class DemoChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         delay = self.token_delay_ms / 1000
-        for n, token in enumerate(iter_tokens(_prompt_of(messages), self._length(kwargs))):
+        words = self._length(kwargs)
+        yield_every = max(1, _YIELD_EVERY // words_per_chunk(words))  # in chunks
+        for n, token in enumerate(iter_chunks(_prompt_of(messages), words)):
             if delay:
                 await asyncio.sleep(delay)
-            elif n % _YIELD_EVERY == _YIELD_EVERY - 1:
+            elif n % yield_every == yield_every - 1:
                 await asyncio.sleep(0)
             yield ChatGenerationChunk(message=AIMessageChunk(content=token))
 
 
-__all__ = ["DEFAULT_WORDS", "MAX_WORDS", "DemoChatModel", "generate_text", "iter_tokens"]
+__all__ = [
+    "DEFAULT_WORDS",
+    "MAX_CHUNKS",
+    "MAX_WORDS",
+    "DemoChatModel",
+    "generate_text",
+    "iter_chunks",
+    "iter_tokens",
+    "words_per_chunk",
+]

@@ -132,8 +132,11 @@ class AIContentGenerationWorkflow(DeclarativeWorkflowBase[AIWritingState]):
             if not text:
                 continue
             parts.append(text)
-            received += 1
-            if received % every == 0:
+            # One word per chunk, or several for a long answer (DemoChatModel.words_per_chunk);
+            # no word contains whitespace, so this counts words either way.
+            before = received
+            received += len(text.split())
+            if received // every != before // every:
                 await self.progress.update(min(received, expected), expected)
         await self.progress.update(expected, expected)
         self.logger.debug("generated %d tokens for %s", received, self.execution_id)
@@ -174,7 +177,13 @@ class AIContentGenerationWorkflow(DeclarativeWorkflowBase[AIWritingState]):
         content = state.get("content")
         if not content:
             return {}
-        score = assess_quality(content)
+        # In a worker thread: scoring a 1,000,000-word text takes ~1 s of regex work, which
+        # would otherwise stall every other request and connection of the server.
+        score = (
+            await asyncio.to_thread(assess_quality, content)
+            if len(content) > 100_000
+            else assess_quality(content)
+        )
         return {"completed": score > QUALITY_THRESHOLD, "qualityScore": score}
 
     @staticmethod
