@@ -19,6 +19,15 @@ reply with code ``unauthorized``/``forbidden``) raises
 :class:`~streaming_module.errors.ForbiddenError` and is never retried; running out of reconnect
 attempts raises :class:`ReconnectFailedError`.
 
+The gateway's ``error`` replies carry no ``executionId``; the client attributes one to a
+subscription only when it is the answer to a ``subscribe_execution``: its code is one a
+subscribe can get (:data:`SUBSCRIBE_ERROR_CODES`: ``forbidden``, ``unauthorized``,
+``invalid_payload``, ``bad_request``, ``too_many_subscriptions``) and a subscribe is waiting
+for its reply (the oldest one: the gateway answers in order). Any other error (``rate_limited``,
+``invalid_json``, ``not_subscribed`` after an unsubscribe or ack, ...) fails no subscription:
+it is logged on ``streaming_module.client`` and kept in :attr:`StreamingClient.server_errors`
+(the latest 32), and the client keeps going.
+
 Memory: each subscription buffers at most ``queue_size`` undelivered frames. When a consumer falls
 that far behind, the client stops reading the socket (back-pressure): the server then applies its
 slow-client policy (close 4008), and the client resumes from its last sequence once the consumer
@@ -52,6 +61,10 @@ CLOSE_UNAUTHORIZED: Final = 4401
 CLOSE_FORBIDDEN: Final = 4403
 _FATAL_CLOSE_CODES: Final = frozenset({CLOSE_UNAUTHORIZED, CLOSE_FORBIDDEN})
 _REPLY_TYPES: Final = frozenset({"subscribed", "unsubscribed", "pong", "error"})
+SUBSCRIBE_ERROR_CODES: Final = frozenset(
+    {"forbidden", "unauthorized", "invalid_payload", "bad_request", "too_many_subscriptions"}
+)
+"""``error`` codes that can answer a ``subscribe_execution`` (see the module docstring)."""
 
 
 class ReconnectFailedError(WebSocketError):
@@ -330,6 +343,8 @@ class StreamingClient:
         self.queue_size = queue_size
         self.reconnects = 0
         """How many times the client reconnected after a drop."""
+        self.server_errors: deque[WebSocketError] = deque(maxlen=32)
+        """The latest ``error`` replies that answered no subscription, oldest first."""
         self._rng = rng or random.Random()
         self._session = session
         self._owns_session = session is None
@@ -646,8 +661,12 @@ class StreamingClient:
         if frame.type == "pong":
             return
         sub = self._subs.get(frame.execution_id) if frame.execution_id is not None else None
-        if sub is None and frame.type in ("subscribed", "error"):
-            # A reply without an execution id answers the oldest subscription still waiting.
+        if sub is None and (
+            frame.type == "subscribed"
+            or (frame.type == "error" and frame.payload.get("code") in SUBSCRIBE_ERROR_CODES)
+        ):
+            # A reply without an execution id answers the oldest subscription still waiting
+            # (the gateway answers in order); any other error is not about a subscribe.
             sub = next((s for s in self._subs.values() if not s._ack.done()), None)
         if frame.type == "subscribed":
             if sub is not None and not sub._ack.done():
@@ -658,6 +677,7 @@ class StreamingClient:
             text = str(frame.payload.get("message", "the server reported an error"))
             if sub is None:
                 logger.warning("server error %s: %s", code, text)
+                self.server_errors.append(WebSocketError(text, code=code))
                 return
             if code in ("unauthorized", "forbidden"):
                 cls = AuthenticationError if code == "unauthorized" else ForbiddenError
@@ -671,6 +691,7 @@ class StreamingClient:
 
 
 __all__ = [
+    "SUBSCRIBE_ERROR_CODES",
     "ClientClosedError",
     "Frame",
     "ReconnectFailedError",

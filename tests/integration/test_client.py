@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 
 from streaming_module.client import Frame, ReconnectFailedError, StreamingClient
-from streaming_module.errors import AuthenticationError, ForbiddenError
+from streaming_module.errors import AuthenticationError, ForbiddenError, WebSocketError
 
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 
@@ -38,6 +38,8 @@ class ProtocolServer:
     """Replay this many already-delivered frames again on resume (at-least-once servers do)."""
     close_code_on_connect: int | None = None
     refuse_http: int | None = None
+    unrelated_error_first: str | None = None
+    """Send an ``error`` with this code (about something else) before answering a subscribe."""
     url: str = ""
     sends: set[asyncio.Future[None]] = field(default_factory=set)
 
@@ -79,6 +81,21 @@ class ProtocolServer:
                     payload = data["payload"]
                     self.subscribe_requests.append(payload)
                     execution_id = payload["executionId"]
+                    if self.unrelated_error_first is not None:
+                        await ws.send_json(
+                            {
+                                "type": "error",
+                                "payload": {"code": self.unrelated_error_first, "message": "x"},
+                            }
+                        )
+                    if execution_id == "crowded":
+                        await ws.send_json(
+                            {
+                                "type": "error",
+                                "payload": {"code": "too_many_subscriptions", "message": "full"},
+                            }
+                        )
+                        continue
                     if execution_id == "secret":
                         await ws.send_json(
                             {"type": "error", "payload": {"code": "forbidden", "message": "no"}}
@@ -229,6 +246,33 @@ async def test_forbidden_subscription_raises_forbidden_error(server: ProtocolSer
         # The connection is still usable for other executions.
         await run_workflow(server, "ok", words(3))
         assert await asyncio.wait_for(client.collect_text("ok"), 5) == "w0 w1 w2"
+
+
+@pytest.mark.parametrize("code", ["rate_limited", "invalid_json", "not_subscribed"])
+async def test_an_error_about_something_else_does_not_fail_a_pending_subscribe(
+    server: ProtocolServer, code: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The gateway's errors carry no executionId: only an error a subscribe can get answers it.
+    server.unrelated_error_first = code
+    async with StreamingClient(server.url, **FAST) as client:
+        await run_workflow(server, "ok", words(3))
+        assert await asyncio.wait_for(client.collect_text("ok"), 5) == "w0 w1 w2"
+        [error] = client.server_errors
+        assert error.code == code
+        assert f"server error {code}" in caplog.text
+
+
+async def test_an_error_that_answers_a_subscribe_fails_that_subscribe_only(
+    server: ProtocolServer,
+) -> None:
+    async with StreamingClient(server.url, **FAST) as client:
+        with pytest.raises(WebSocketError) as failure:
+            await client.subscribe("crowded")
+        assert failure.value.code == "too_many_subscriptions"
+        assert "crowded" in str(failure.value)
+        assert not client.server_errors
+        await run_workflow(server, "ok", words(2))
+        assert await asyncio.wait_for(client.collect_text("ok"), 5) == "w0 w1"
 
 
 async def test_an_unreachable_server_fails_after_bounded_attempts() -> None:
