@@ -25,6 +25,7 @@ import pytest
 
 redis = pytest.importorskip("redis")
 
+from streaming_module import StreamingModule  # noqa: E402
 from streaming_module.broker import create_broker  # noqa: E402
 from streaming_module.broker.base import GAP, Frame  # noqa: E402
 from streaming_module.broker.redis import RedisBroker, mask_url  # noqa: E402
@@ -470,11 +471,8 @@ async def test_a_websocket_client_resumes_on_another_gateway_sharing_redis(
 ) -> None:
     """Two gateways (containers built by for_root) on one Redis: a client reads from the first,
     drops, and resumes on the second with lastSequence — no gap, no duplicate."""
-    aiohttp = pytest.importorskip("aiohttp")
-    try:
-        from streaming_module import StreamingModule
-    except ImportError as exc:  # the lead's module may not import while services land
-        pytest.skip(f"StreamingModule does not import yet: {exc}")
+    import aiohttp
+
     broker = {"backend": "redis", "redis_url": redis_url, "key_prefix": prefix}
     first = StreamingModule.for_root(websocket={"enabled": True, "port": 0}, broker=broker)
     second = StreamingModule.for_root(websocket={"enabled": True, "port": 0}, broker=broker)
@@ -516,3 +514,17 @@ async def test_a_websocket_client_resumes_on_another_gateway_sharing_redis(
         assert [m["sequence"] for m in resumed] == list(range(6, 12))
         assert [m["payload"] for m in resumed] == [{"step": i} for i in range(5, 11)]
         assert all(m["type"] == "workflow_update" and m["executionId"] == "e2e" for m in resumed)
+
+
+async def test_a_wrong_redis_url_fails_at_start_up_not_at_the_first_subscribe() -> None:
+    """The server resource pings the broker before listening, so `demo --redis-url` with a
+    wrong URL fails at once with a message saying what to check."""
+    container = StreamingModule.for_root(
+        websocket={"enabled": True, "port": 0},
+        broker={"backend": "redis", "redis_url": "redis://127.0.0.1:1/0"},
+    )
+    with pytest.raises(BrokerError, match=r"127\.0\.0\.1:1"):
+        await container.init_resources()
+    pending = container.shutdown_resources()
+    if pending is not None:
+        await pending

@@ -137,6 +137,10 @@ class Broker(abc.ABC):
     def last_sequence(self, execution_id: str) -> int:
         """The sequence of the execution's latest frame (0 when none)."""
 
+    async def ping(self) -> None:  # noqa: B027 - optional hook
+        """Check the backend answers; raises :class:`BrokerError` saying what to check (no-op in
+        memory). The server resource calls it before it starts listening."""
+
     async def flush(self) -> None:  # noqa: B027 - optional hook
         """Wait until published frames have reached the backend (no-op in memory)."""
 

@@ -48,6 +48,9 @@ async def serve(
     """Serve ``gateway`` when ``options.websocket.enabled`` and yield it; on exit shut
     everything down in order (see the module docstring)."""
     started = False
+    # A misconfigured backend (a wrong Redis URL) fails here, before clients are accepted, and
+    # not at the first subscribe.
+    await broker.ping()
     if options.websocket.enabled:
         await gateway.start()
         started = True
