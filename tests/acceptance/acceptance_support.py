@@ -4,23 +4,27 @@ container:``), runs published through the services, and bounded receive loops fo
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import json
+import functools
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-import aiohttp
 
 from streaming_module import StreamingModule
 from streaming_module.gateway.gateway import StreamingWebSocketGateway
 
-os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+# Re-exported for the tests of this folder.
+from ws_support import FINAL as FINAL
+from ws_support import TIMEOUT as TIMEOUT
+from ws_support import is_final as is_final
+from ws_support import no_message as no_message
+from ws_support import recv as recv
+from ws_support import recv_until as _recv_until
+from ws_support import subscribe as subscribe
+from ws_support import wait_for as wait_for
 
-TIMEOUT = 5.0
-FINAL = ("completed", "failed", "cancelled")
+os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 
 
 @dataclass
@@ -86,61 +90,9 @@ async def app_run(
     return "".join(words)
 
 
-async def recv(ws: aiohttp.ClientWebSocketResponse, within: float = TIMEOUT) -> dict[str, Any]:
-    msg = await ws.receive(timeout=within)
-    assert msg.type is aiohttp.WSMsgType.TEXT, f"expected a text frame, got {msg.type} {msg.data}"
-    data: dict[str, Any] = json.loads(msg.data)
-    return data
-
-
-def is_final(message: dict[str, Any]) -> bool:
-    return message.get("type") == "status" and message["payload"]["status"] in FINAL
-
-
-async def recv_until(
-    ws: aiohttp.ClientWebSocketResponse,
-    stop: Callable[[dict[str, Any]], bool] = is_final,
-    *,
-    limit: int = 20_000,
-    within: float = 15.0,
-) -> list[dict[str, Any]]:
-    """Messages up to and including the first ``stop`` accepts (bounded in count and time)."""
-    out: list[dict[str, Any]] = []
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while len(out) < limit:
-        message = await recv(ws, max(0.01, deadline - loop.time()))
-        out.append(message)
-        if stop(message):
-            return out
-    raise AssertionError(f"no stopping message within {limit} messages: {out[-3:]}")
-
-
-async def no_message(ws: aiohttp.ClientWebSocketResponse, within: float = 0.2) -> None:
-    """Assert nothing arrives for ``within`` seconds."""
-    with contextlib.suppress(asyncio.TimeoutError):
-        msg = await ws.receive(timeout=within)
-        raise AssertionError(f"unexpected message {msg.type} {msg.data!r}")
-
-
-async def subscribe(
-    ws: aiohttp.ClientWebSocketResponse, execution_id: str, **payload: Any
-) -> dict[str, Any]:
-    await ws.send_json(
-        {"type": "subscribe_execution", "payload": {"executionId": execution_id, **payload}}
-    )
-    reply = await recv(ws)
-    assert reply["type"] == "subscribed", reply
-    return reply
-
-
-async def wait_for(predicate: Callable[[], bool], within: float = TIMEOUT) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
+recv_until = functools.partial(_recv_until, limit=20_000, within=15.0)
+"""Messages up to and including the first ``stop`` (default: the final status) accepts (at most
+20,000, 15 s)."""
 
 
 def text_of(messages: list[dict[str, Any]]) -> str:

@@ -3,24 +3,26 @@ bounded-time receive helpers for real clients."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import json
+import functools
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
-
-import aiohttp
 
 from streaming_module.broker.memory import InMemoryBroker
 from streaming_module.config import StreamingModuleOptions
 from streaming_module.core.clock import Clock
 from streaming_module.gateway.gateway import StreamingWebSocketGateway
 
-os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+# Re-exported for the tests of this folder.
+from ws_support import TIMEOUT as TIMEOUT
+from ws_support import recv as recv
+from ws_support import recv_until as _recv_until
+from ws_support import subscribe as subscribe
+from ws_support import wait_for as wait_for
 
-TIMEOUT = 5.0
+os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 
 
 @dataclass
@@ -61,53 +63,8 @@ async def running_gateway(
         await broker.aclose()
 
 
-async def recv(ws: aiohttp.ClientWebSocketResponse, within: float = TIMEOUT) -> dict[str, Any]:
-    """The next JSON message (fails the test on close or timeout)."""
-    msg = await ws.receive(timeout=within)
-    assert msg.type is aiohttp.WSMsgType.TEXT, f"expected a text frame, got {msg.type} {msg.data}"
-    data: dict[str, Any] = json.loads(msg.data)
-    return data
-
-
-async def recv_until(
-    ws: aiohttp.ClientWebSocketResponse,
-    stop: Callable[[dict[str, Any]], bool],
-    *,
-    limit: int = 100_000,
-    within: float = 10.0,
-) -> list[dict[str, Any]]:
-    """Messages up to and including the first one ``stop`` accepts (bounded in count and
-    time)."""
-    out: list[dict[str, Any]] = []
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while len(out) < limit:
-        message = await recv(ws, max(0.01, deadline - loop.time()))
-        out.append(message)
-        if stop(message):
-            return out
-    raise AssertionError(f"no stopping message within {limit} messages")
-
-
-async def subscribe(
-    ws: aiohttp.ClientWebSocketResponse, execution_id: str, **payload: Any
-) -> dict[str, Any]:
-    await ws.send_json(
-        {"type": "subscribe_execution", "payload": {"executionId": execution_id, **payload}}
-    )
-    reply = await recv(ws)
-    assert reply["type"] == "subscribed", reply
-    return reply
-
-
-async def wait_for(predicate: Callable[[], bool], within: float = TIMEOUT) -> None:
-    """Poll ``predicate`` until true (bounded)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
+recv_until = functools.partial(_recv_until, limit=100_000, within=10.0)
+"""Messages up to and including the first one ``stop`` accepts (at most 100,000, 10 s)."""
 
 
 def publish_run(broker: InMemoryBroker, execution_id: str, words: list[str]) -> None:
