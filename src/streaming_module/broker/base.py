@@ -105,6 +105,33 @@ class Subscription(abc.ABC):
     def closed(self) -> bool: ...
 
 
+class ListenerSubscription(Subscription):
+    """A listener registered on one execution; the first :meth:`close` hands the subscription
+    to ``on_close`` (the broker's own bookkeeping), later ones do nothing."""
+
+    __slots__ = ("_closed", "_on_close", "execution_id", "listener")
+
+    def __init__(
+        self,
+        execution_id: str,
+        listener: Listener,
+        on_close: Callable[[Any], None],
+    ) -> None:
+        self.execution_id = execution_id
+        self.listener = listener
+        self._on_close = on_close
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._on_close(self)
+
+
 class Broker(abc.ABC):
     """Sequences, retains and fans out the frames of executions."""
 
@@ -149,4 +176,4 @@ class Broker(abc.ABC):
         """Stop timers, drop subscriptions and logs."""
 
 
-__all__ = ["GAP", "Broker", "Frame", "Listener", "Subscription"]
+__all__ = ["GAP", "Broker", "Frame", "Listener", "ListenerSubscription", "Subscription"]

@@ -28,7 +28,14 @@ import logging
 from collections import OrderedDict
 from typing import Any
 
-from streaming_module.broker.base import GAP, Broker, Frame, Listener, Subscription
+from streaming_module.broker.base import (
+    GAP,
+    Broker,
+    Frame,
+    Listener,
+    ListenerSubscription,
+    Subscription,
+)
 from streaming_module.config import BrokerOptions
 from streaming_module.core.clock import Clock, SystemClock, TimerHandle
 from streaming_module.core.replay import ReplayLog
@@ -43,28 +50,9 @@ class _Execution:
         self.execution_id = execution_id
         self.last_sequence = 0
         self.log = log
-        self.listeners: tuple[_MemorySubscription, ...] = ()
+        self.listeners: tuple[ListenerSubscription, ...] = ()
         self.ended = False
         self.timer: TimerHandle | None = None
-
-
-class _MemorySubscription(Subscription):
-    __slots__ = ("_broker", "_closed", "execution_id", "listener")
-
-    def __init__(self, broker: InMemoryBroker, execution_id: str, listener: Listener) -> None:
-        self._broker = broker
-        self.execution_id = execution_id
-        self.listener = listener
-        self._closed = False
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._broker._remove(self)
 
 
 class InMemoryBroker(Broker):
@@ -124,7 +112,7 @@ class InMemoryBroker(Broker):
     ) -> Subscription:
         # No await below: replay and registration are atomic w.r.t. publish.
         ex = self._executions.get(execution_id) or self._create(execution_id)
-        sub = _MemorySubscription(self, execution_id, listener)
+        sub = ListenerSubscription(execution_id, listener, self._remove)
         if last_sequence is not None:
             replay = ex.log.since(last_sequence, self._clock.monotonic())
             if replay.gap is not None:
@@ -208,7 +196,7 @@ class InMemoryBroker(Broker):
         ex.listeners = ()
         ex.log.clear()
 
-    def _remove(self, sub: _MemorySubscription) -> None:
+    def _remove(self, sub: ListenerSubscription) -> None:
         ex = self._executions.get(sub.execution_id)
         if ex is not None and sub in ex.listeners:
             ex.listeners = tuple(s for s in ex.listeners if s is not sub)

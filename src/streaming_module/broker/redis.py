@@ -81,7 +81,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from streaming_module.broker.base import GAP, Broker, Frame, Listener, Subscription
+from streaming_module.broker.base import (
+    GAP,
+    Broker,
+    Frame,
+    Listener,
+    ListenerSubscription,
+    Subscription,
+)
 from streaming_module.config import BrokerOptions
 from streaming_module.core.clock import Clock, SystemClock
 from streaming_module.core.codec import encode_frame
@@ -191,25 +198,13 @@ class _Write:
         self.millis = millis
 
 
-class _RedisSubscription(Subscription):
-    __slots__ = ("_broker", "_closed", "after", "execution_id", "listener")
+class _RedisSubscription(ListenerSubscription):
+    __slots__ = ("after",)
 
     def __init__(self, broker: RedisBroker, execution_id: str, listener: Listener) -> None:
-        self._broker = broker
-        self.execution_id = execution_id
-        self.listener = listener
+        super().__init__(execution_id, listener, broker._remove)
         self.after = 0
         """Frames up to this sequence were delivered by the replay; the reader skips them."""
-        self._closed = False
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._broker._remove(self)
 
 
 class _Reading:
