@@ -1,8 +1,10 @@
 """The manual's "Complete Usage Example", in Python, offline.
 
-Run: ``python examples/ai_content_generation.py``. A fake streaming chat model (LangChain's
-``GenericFakeChatModel``) stands in for a real LLM; swap in any LangChain chat model and the tokens
-stream the same way. Prints the tokens, events and progress as they stream.
+Run: ``python examples/ai_content_generation.py``. The demo's offline, deterministic chat model
+stands in for a real LLM (it streams a word per chunk with its leading space, as real tokenizers
+do, so the manual's ``excludeWhitespace`` filter keeps the text readable); swap in any LangChain
+chat model and the tokens stream the same way. Prints the tokens, events and progress as they
+stream.
 """
 
 from __future__ import annotations
@@ -13,10 +15,9 @@ import random
 from typing import Any, TypedDict
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
-from langchain_core.messages import AIMessage
 
 from streaming_module import StreamingModule
+from streaming_module.demo.model import DemoChatModel
 from streaming_module.types import StreamEventType
 from streaming_module.workflow import (
     DeclarativeWorkflowBase,
@@ -25,11 +26,6 @@ from streaming_module.workflow import (
     StreamProgress,
     StreamToken,
     Workflow,
-)
-
-ANSWER = (
-    "Streaming lets a user watch an answer appear word by word, see how far a long task has "
-    "come, and follow every step of a workflow as it happens."
 )
 
 
@@ -50,7 +46,7 @@ class AIWritingState(TypedDict, total=False):
 class AIContentGenerationWorkflow(DeclarativeWorkflowBase[AIWritingState]):
     def __init__(self, llm: BaseChatModel | None = None, **services: Any) -> None:
         super().__init__(**services)  # the services come from the container for_root built
-        self.llm = llm or GenericFakeChatModel(messages=iter([AIMessage(content=ANSWER)]))
+        self.llm = llm or DemoChatModel(words=60)
 
     @Node(type="llm")
     @StreamToken(
@@ -107,11 +103,7 @@ class AIContentGenerationWorkflow(DeclarativeWorkflowBase[AIWritingState]):
 
 async def main() -> None:
     logging.basicConfig(level=logging.WARNING)
-    container = StreamingModule.for_root(
-        websocket={"enabled": False},
-        default_buffer_size=50,
-        wire=["streaming_module.workflow.base"],  # for_root wires it anyway; explicit is harmless
-    )
+    container = StreamingModule.for_root(websocket={"enabled": False}, default_buffer_size=50)
     async with container:
         wf = AIContentGenerationWorkflow()
         async for update in wf.stream({"prompt": "Why stream?"}, execution_id="execution-123"):
@@ -124,7 +116,8 @@ async def main() -> None:
             elif kind is StreamEventType.STATUS:
                 print(f"status   {update.data.status}")
             else:
-                print(f"event    [{update.node_id}] {kind.value} {sorted(update.metadata.extra)}")
+                extras = ", ".join(f"{k}={v}" for k, v in sorted(update.metadata.extra.items()))
+                print(f"event    [{update.node_id}] {kind.value} ({extras})")
 
 
 if __name__ == "__main__":
