@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
-from typing import Annotated, Any, Literal, TypeVar, get_args
+from typing import Any, Literal, TypeVar, get_args
 
 from pydantic import (
     AliasChoices,
@@ -50,10 +50,6 @@ class OptionsModel(BaseModel):
         arbitrary_types_allowed=True,
         validate_default=True,
     )
-
-
-def _ms(description: str, default: int, *, ge: int = 0) -> Any:
-    return Field(default=default, ge=ge, description=description)
 
 
 # --------------------------------------------------------------------------- decorator options
@@ -459,9 +455,6 @@ def _format_errors(exc: ValidationError) -> list[tuple[str, str]]:
                 msg = f"{msg} (got {shown})"
         out.append((path, msg))
     return out
-
-
-Options = Annotated[Any, "a model, a mapping or None"]
 
 
 def parse_options(model: type[M], value: M | Mapping[str, Any] | None, *, what: str) -> M:
