@@ -7,7 +7,9 @@ provider *defaults*, so ``container.reset_override()`` in a test never erases th
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from types import TracebackType
+from typing import Any
 
 from dependency_injector import containers, providers
 
@@ -17,6 +19,7 @@ from streaming_module.core.clock import SystemClock
 from streaming_module.gateway.bridge import WebSocketBridgeService
 from streaming_module.gateway.gateway import StreamingWebSocketGateway
 from streaming_module.gateway.server import serve
+from streaming_module.services import registry
 from streaming_module.services.event_processor import EventStreamProcessorService
 from streaming_module.services.progress_tracking import ProgressTrackingService
 from streaming_module.services.token_streaming import TokenStreamingService
@@ -25,14 +28,35 @@ from streaming_module.services.token_streaming import TokenStreamingService
 class StreamingContainerInstance(containers.DynamicContainer):
     """What ``StreamingContainer()`` returns: a container that is also an async context manager.
 
-    ``async with container:`` runs ``init_resources()`` on entry and ``shutdown_resources()`` on
-    exit, awaiting them when they are asynchronous.
+    ``init_resources()`` and ``shutdown_resources()`` always return an awaitable (plain
+    dependency-injector returns ``None`` when nothing asynchronous is involved), so ``await
+    container.init_resources()`` is always right. Starting makes the container *current* in the
+    caller's context until it is shut down: a workflow created there without services takes this
+    container's (see :mod:`streaming_module.services.registry`). ``async with container:`` does
+    both, and shuts down what did start when starting fails.
     """
 
+    def init_resources(
+        self, resource_type: type[providers.BaseResource[Any]] = providers.BaseResource
+    ) -> Awaitable[None]:
+        # Made current before the resources start, so tasks they start see it too.
+        registry.activate(self)
+        return _completed(super().init_resources(resource_type))
+
+    def shutdown_resources(
+        self, resource_type: type[providers.BaseResource[Any]] = providers.BaseResource
+    ) -> Awaitable[None]:
+        pending = super().shutdown_resources(resource_type)
+        registry.deactivate(self)
+        registry.unregister(self)
+        return _completed(pending)
+
     async def __aenter__(self) -> StreamingContainerInstance:
-        pending = self.init_resources()
-        if pending is not None:
-            await pending
+        try:
+            await self.init_resources()
+        except BaseException:
+            await self.shutdown_resources()
+            raise
         return self
 
     async def __aexit__(
@@ -41,9 +65,12 @@ class StreamingContainerInstance(containers.DynamicContainer):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        pending = self.shutdown_resources()
-        if pending is not None:
-            await pending
+        await self.shutdown_resources()
+
+
+async def _completed(pending: Awaitable[None] | None) -> None:
+    if pending is not None:
+        await pending
 
 
 class StreamingContainer(containers.DeclarativeContainer):
