@@ -17,7 +17,7 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 logger = logging.getLogger("streaming_module.cli")
 
@@ -294,6 +294,8 @@ async def build_container(reference: str, host: str | None, port: int | None) ->
     listen on ``host``/``port`` (when given; else where its options say) even when its options
     leave the WebSocket server disabled. The options themselves are left as the factory made
     them."""
+    from dependency_injector import providers
+
     from streaming_module.config import StreamingModuleOptions
     from streaming_module.container import StreamingContainerInstance
     from streaming_module.module import StreamingModule
@@ -308,7 +310,8 @@ async def build_container(reference: str, host: str | None, port: int | None) ->
             f"--app {reference!r} returned {type(produced).__name__}; return a StreamingContainer "
             "(StreamingModule.for_root(...)) or its options (a dict or StreamingModuleOptions)"
         )
-    produced.server.add_kwargs(enabled=True, host=host, port=port)
+    server = cast("providers.Resource[Any]", produced.server)
+    server.add_kwargs(enabled=True, host=host, port=port)
     return produced
 
 

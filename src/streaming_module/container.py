@@ -1,15 +1,19 @@
-"""StreamingContainer: what is built from what. Providers only; no logic lives here.
+"""StreamingContainer: what is built from what, and the one copy of its start/stop.
 
 Every provider is a Singleton unless said otherwise. ``options`` and ``config`` get their values
 from :meth:`StreamingModule.for_root <streaming_module.module.StreamingModule.for_root>` as
-provider *defaults*, so ``container.reset_override()`` in a test never erases them.
+provider *defaults*, so ``container.reset_override()`` in a test never erases them. Nothing is
+built until used: the bridge and the gateway are built when the ``server`` resource starts
+(unless used before), so overriding a provider before ``async with container:`` reaches them
+with no ``reset_singletons()``. The container knows nothing global; it registers itself in
+:mod:`streaming_module.services.registry` so workflows can find it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dependency_injector import containers, providers
 
@@ -74,7 +78,13 @@ async def _completed(pending: Awaitable[None] | None) -> None:
 
 
 class StreamingContainer(containers.DeclarativeContainer):
-    """The module's providers, mirroring NestJS's ``StreamingModule.forRoot(options)``."""
+    """The module's providers, mirroring NestJS's ``StreamingModule.forRoot(options)``.
+
+    ``server`` (a Resource) pings the broker, builds the ``bridge`` (services -> broker), starts
+    the ``gateway`` when ``websocket.enabled`` and, on shutdown, closes everything in order. It
+    takes ``enabled``/``host``/``port`` to listen elsewhere than the options say
+    (``container.server.add_kwargs(enabled=True, port=0)``, as the CLI does).
+    """
 
     instance_type = StreamingContainerInstance
 
@@ -108,6 +118,25 @@ class StreamingContainer(containers.DeclarativeContainer):
         broker=broker,
         options=options,
     )
+
+    if TYPE_CHECKING:  # what instances (StreamingContainerInstance) add, for type checkers
+
+        def init_resources(
+            self, resource_type: type[providers.BaseResource[Any]] = providers.BaseResource
+        ) -> Awaitable[None]: ...
+
+        def shutdown_resources(
+            self, resource_type: type[providers.BaseResource[Any]] = providers.BaseResource
+        ) -> Awaitable[None]: ...
+
+        async def __aenter__(self) -> StreamingContainer: ...
+
+        async def __aexit__(
+            self,
+            exc_type: type[BaseException] | None,
+            exc: BaseException | None,
+            tb: TracebackType | None,
+        ) -> None: ...
 
 
 __all__ = ["StreamingContainer", "StreamingContainerInstance"]
