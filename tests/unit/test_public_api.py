@@ -5,28 +5,14 @@ aiohttp), test helpers in `streaming_module.testing`."""
 from __future__ import annotations
 
 import importlib
-import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 
 import streaming_module
 import streaming_module.testing
+from fresh_python import run_fresh
 
 HEAVY = ("langgraph", "langchain_core", "aiohttp", "pydantic", "dependency_injector", "reactivex")
-
-
-def run_fresh(code: str) -> str:
-    """Run ``code`` in a fresh interpreter (this one has imported everything already)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True, text=True, timeout=120, env=env,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 def test_import_streaming_module_loads_no_langgraph_until_a_workflow_name_is_used() -> None:

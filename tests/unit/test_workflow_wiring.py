@@ -6,16 +6,14 @@ Subclasses inject more; tests override providers the dependency-injector way."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
 import sys
-import textwrap
 from collections.abc import Iterator
 from typing import Any, TypedDict
 
 import pytest
 from dependency_injector.wiring import Provide, inject
 
+from fresh_python import run_fresh
 from streaming_module import StreamingModule
 from streaming_module.broker.base import Frame
 from streaming_module.config import StreamingModuleOptions
@@ -255,10 +253,4 @@ print("ok")
 
 def test_the_only_live_container_is_found_and_none_is_a_clear_error() -> None:
     """In a fresh process, where no other container can be alive."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(_ONLY_LIVE_SCRIPT)],
-        capture_output=True, text=True, timeout=120, env=env,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "ok"
+    assert run_fresh(_ONLY_LIVE_SCRIPT).strip() == "ok"
