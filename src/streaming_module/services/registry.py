@@ -125,7 +125,8 @@ def current() -> ServiceSource | None:
 
 def live() -> list[ServiceSource]:
     """The live containers, oldest first."""
-    sources = (ref() for ref in list(_live.values()))
+    # A copy first: a container collected meanwhile removes itself from _live.
+    sources = (ref() for ref in _live.copy().values())
     return [source for source in sources if source is not None]
 
 
