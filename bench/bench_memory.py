@@ -81,6 +81,7 @@ async def _streams(warmup: int, count: int, status: str) -> None:
 
     process = psutil.Process()
     container = StreamingModule.for_root()
+    container.bridge()  # forward to the broker as a started container does (no server here)
     tokens = container.token_streaming()
 
     async def cycle(start: int, n: int) -> None:

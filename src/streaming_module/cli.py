@@ -17,7 +17,7 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 logger = logging.getLogger("streaming_module.cli")
 
@@ -290,8 +290,10 @@ def load_factory(reference: str) -> Callable[[], Any]:
 
 
 async def build_container(reference: str, host: str | None, port: int | None) -> Any:
-    """Call the ``--app`` factory and return a container whose server listens on
-    ``host``/``port`` (when given)."""
+    """Call the ``--app`` factory and return its container, its ``server`` resource set to
+    listen on ``host``/``port`` (when given; else where its options say) even when its options
+    leave the WebSocket server disabled. The options themselves are left as the factory made
+    them."""
     from dependency_injector import providers
 
     from streaming_module.config import StreamingModuleOptions
@@ -301,55 +303,28 @@ async def build_container(reference: str, host: str | None, port: int | None) ->
     produced = load_factory(reference)()
     if inspect.isawaitable(produced):
         produced = await produced
-    overrides: dict[str, Any] = {"enabled": True}
-    if host is not None:
-        overrides["host"] = host
-    if port is not None:
-        overrides["port"] = port
     if isinstance(produced, (StreamingModuleOptions, Mapping)):
-        options = (
-            produced.model_dump(exclude_unset=True)
-            if isinstance(produced, StreamingModuleOptions)
-            else dict(produced)
+        produced = StreamingModule.for_root(produced)
+    if not isinstance(produced, StreamingContainerInstance):
+        raise CliError(
+            f"--app {reference!r} returned {type(produced).__name__}; return a StreamingContainer "
+            "(StreamingModule.for_root(...)) or its options (a dict or StreamingModuleOptions)"
         )
-        websocket = dict(options.get("websocket") or {})
-        websocket.update(overrides)
-        options["websocket"] = websocket
-        return StreamingModule.for_root(options)
-    if isinstance(produced, StreamingContainerInstance):
-        current: StreamingModuleOptions = produced.options()
-        websocket_options = current.websocket.model_copy(update=overrides)
-        updated = current.model_copy(update={"websocket": websocket_options})
-        produced.options.override(providers.Object(updated))
-        # The factory may already have built the gateway (to add routes of its own, as the demo
-        # does); it was given the options of that time, and reads where to listen from its
-        # options when it starts, so hand it the updated ones too.
-        produced.gateway().options = updated
-        return produced
-    raise CliError(
-        f"--app {reference!r} returned {type(produced).__name__}; return a StreamingContainer "
-        "(StreamingModule.for_root(...)) or its options (a dict or StreamingModuleOptions)"
-    )
+    server = cast("providers.Resource[Any]", produced.server)
+    server.add_kwargs(enabled=True, host=host, port=port)
+    return produced
 
 
 async def _serve(args: argparse.Namespace) -> None:
     container = await build_container(args.app, args.host, args.port)
 
     async def start() -> str:
-        pending = container.init_resources()
-        if pending is not None:
-            await pending
-        gateway = container.gateway()
-        host = container.options().websocket.host
+        await container.init_resources()
+        host = args.host if args.host is not None else container.options().websocket.host
         shown = f"[{host}]" if ":" in host else host
-        return f"http://{shown}:{gateway.port}"
+        return f"http://{shown}:{container.gateway().port}"
 
-    async def stop() -> None:
-        pending = container.shutdown_resources()
-        if pending is not None:
-            await pending
-
-    await run_until_stopped(start, stop, freeze_gc=True)
+    await run_until_stopped(start, container.shutdown_resources, freeze_gc=True)
 
 
 def _token(args: argparse.Namespace) -> None:

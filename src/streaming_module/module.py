@@ -13,12 +13,9 @@ from dependency_injector import providers
 from streaming_module.config import StreamingModuleOptions, merge_options, parse_options
 from streaming_module.container import StreamingContainer
 from streaming_module.errors import StreamingConfigError
+from streaming_module.services import registry
 
 logger = logging.getLogger("streaming_module.module")
-
-# Always wired, so DeclarativeWorkflowBase finds its services in the container for_root built
-# without the user passing them. (Wiring is global: the latest for_root wins.)
-_ALWAYS_WIRED = ("streaming_module.workflow.base",)
 
 
 class StreamingModule:
@@ -37,21 +34,27 @@ class StreamingModule:
         camelCase keys) or ``None``; keyword arguments are merged over it
         (``for_root(websocket={"enabled": False}, default_buffer_size=10)``). ``wire`` lists
         modules or packages (objects or dotted names) whose ``@inject`` functions should receive
-        this container's providers.
+        this container's providers; workflow classes defined there take their services from it
+        too. Nothing else is wired: several containers can live in one process.
 
-        Raises :class:`StreamingConfigError` listing every bad field. Nothing is started:
-        ``await container.init_resources()`` (or ``async with container:``) starts the server
-        when ``websocket.enabled``; ``shutdown_resources()`` stops everything.
+        Raises :class:`StreamingConfigError` listing every bad field. Nothing runs yet, so a
+        test overrides providers here with no reset (``container.token_streaming.override(fake)``):
+        ``await container.init_resources()`` (or ``async with container:``) builds the bridge
+        that forwards the services' updates to the broker, and starts the server when
+        ``websocket.enabled``; ``shutdown_resources()`` stops everything. A
+        :class:`~streaming_module.workflow.DeclarativeWorkflowBase` created without services
+        takes this container's when its module is in ``wire``, when it is created while this
+        container runs in the current context, or when this is the only live container (see
+        :mod:`streaming_module.services.registry`).
         """
         validated = _validate(options, kwargs)
         container = StreamingContainer()
         container.options.set_default(providers.Object(validated))
         container.config.set_default(validated.model_dump())
         modules, packages = _split_wiring(wire)
-        container.wire(modules=modules, packages=packages)
-        # Built eagerly so every update published from now on reaches the broker (and so any
-        # client that resumes), even before the server starts.
-        container.bridge()
+        if modules or packages:
+            container.wire(modules=modules, packages=packages)
+        registry.register(container)
         logger.debug(
             "streaming container built (websocket=%s, broker=%s)",
             validated.websocket.enabled,
@@ -77,8 +80,7 @@ def _split_wiring(
 ) -> tuple[list[ModuleType], list[ModuleType]]:
     modules: list[ModuleType] = []
     packages: list[ModuleType] = []
-    targets: list[str | ModuleType] = [*_ALWAYS_WIRED, *(wire or ())]
-    for target in targets:
+    for target in wire or ():
         if isinstance(target, str):
             try:
                 target = importlib.import_module(target)

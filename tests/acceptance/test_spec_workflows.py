@@ -377,8 +377,10 @@ class NeedsServices(DeclarativeWorkflowBase[State]):
 async def test_services_come_from_the_container_without_passing_them() -> None:
     """ "`DeclarativeWorkflowBase` gets the services it needs from the container that `for_root`
     built, without the user passing them"."""
+    # Not wired, no services passed: the workflow is created while this container runs. (Other
+    # tests' containers may still be alive in this process; they are not chosen.)
     container = StreamingModule.for_root(websocket={"enabled": False})
-    try:
+    async with container:
         wf = NeedsServices()
         assert wf.token_streaming is container.token_streaming()
         assert wf.event_processor is container.event_processor()
@@ -386,8 +388,6 @@ async def test_services_come_from_the_container_without_passing_them() -> None:
         seen = subscribe_all(container, "svc")
         await wf.run({}, execution_id="svc")
         assert statuses(seen) == ["started", "completed"]
-    finally:
-        container.unwire()
 
 
 @workflow(name="injected")

@@ -19,8 +19,11 @@ from streaming_module import (
     StreamingModule,
     StreamingModuleOptions,
     StreamUpdate,
+    TokenStreamingError,
     TokenStreamingService,
 )
+from streaming_module.broker.base import Frame
+from streaming_module.core.close_codes import GOING_AWAY
 
 BASIC = {
     "websocket": {"enabled": True, "port": 8080},
@@ -267,6 +270,75 @@ async def test_authentication_without_a_secret_refuses_to_start(
     container = StreamingModule.for_root(QUICK_START | {"websocket": {"enabled": True, "port": 0}})
     with pytest.raises(StreamingConfigError, match="secret"):
         await container.init_resources()
-    pending = container.shutdown_resources()  # None: nothing asynchronous was started
-    if pending is not None:
-        await pending
+    await container.shutdown_resources()
+
+
+async def test_start_and_stop_are_always_awaitable() -> None:
+    container = StreamingModule.for_root(websocket={"enabled": False})
+    await container.shutdown_resources()  # never started: nothing to stop, still awaitable
+    await container.init_resources()
+    assert container.server.initialized
+    await container.shutdown_resources()
+    assert not container.server.initialized
+
+
+async def test_the_server_listens_where_the_resource_is_told_leaving_the_options_alone() -> None:
+    """What the CLI does with --host/--port: no built gateway's options are rewritten."""
+    container = StreamingModule.for_root(websocket={"enabled": False, "port": 8080})
+    container.server.add_kwargs(enabled=True, host="127.0.0.1", port=0)
+    async with container:
+        port = container.gateway().port
+        assert port not in (None, 0, 8080)
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.close()
+        await writer.wait_closed()
+    websocket = container.options().websocket
+    assert (websocket.enabled, websocket.port) == (False, 8080)
+
+
+# Overriding before start: the bridge and the gateway are built when the server starts, so they
+# use the replacement with no reset_singletons().
+
+
+async def test_an_override_before_start_reaches_the_bridge() -> None:
+    container = StreamingModule.for_root(websocket={"enabled": False})
+    replacement = TokenStreamingService()
+    container.token_streaming.override(replacement)
+    frames: list[Frame] = []
+    await container.broker().subscribe("exec-1", frames.append)
+    async with container:
+        await replacement.initialize_token_stream(
+            execution_id="exec-1", node_id="llm", config={"bufferSize": 1}
+        )
+        replacement.stream_token("exec-1", "llm", "Hello")
+        await replacement.flush_tokens("exec-1", "llm")
+        assert [f.payload["content"] for f in frames if f.type == "token"] == ["Hello"]
+    with pytest.raises(TokenStreamingError):  # the server resource closed what it was given
+        replacement.get_token_stats()
+    # The container's own service was never built, let alone forwarded.
+    container.token_streaming.reset_override()
+    assert container.token_streaming() is not replacement
+
+
+class RecordingGateway:
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    async def start(self, host: str | None = None, port: int | None = None) -> None:
+        self.calls.append(("start", host, port))
+
+    async def close_all(self, code: int, reason: str) -> None:
+        self.calls.append(("close_all", code))
+
+    async def stop(self) -> None:
+        self.calls.append(("stop",))
+
+
+async def test_an_overridden_gateway_is_the_one_served() -> None:
+    container = StreamingModule.for_root(websocket={"enabled": True, "port": 0})
+    fake = RecordingGateway()
+    container.gateway.override(fake)
+    async with container:
+        assert container.gateway() is fake
+        assert fake.calls == [("start", None, None)]
+    assert fake.calls[1:] == [("close_all", GOING_AWAY), ("stop",)]

@@ -349,14 +349,8 @@ class DemoServer:
             options["broker"] = {"backend": "redis", "redis_url": redis_url}
         self.container = StreamingModule.for_root(options)
         self.model = DemoChatModel(token_delay_ms=token_delay_ms, words=default_words)
-        # The services are passed explicitly rather than by wiring: wiring is global (the
-        # latest for_root wins), and this workflow must use this container's services.
-        self.workflow = AIContentGenerationWorkflow(
-            llm=self.model,
-            token_streaming=self.container.token_streaming(),
-            event_processor=self.container.event_processor(),
-            progress_tracking=self.container.progress_tracking(),
-        )
+        # Named explicitly: a process may hold several containers (tests run many demos).
+        self.workflow = AIContentGenerationWorkflow(llm=self.model, container=self.container)
         authenticator = None
         if jwt_secret is not None:
             from streaming_module.gateway.auth import JwtAuthenticator
@@ -383,18 +377,14 @@ class DemoServer:
     async def start(self) -> None:
         self.app.install(self.gateway.app)
         self.gateway.set_index_handler(self.app.handle_page)
-        pending = self.container.init_resources()
-        if pending is not None:
-            await pending
+        await self.container.init_resources()
         self._started = True
 
     async def stop(self) -> None:
         await self.app.aclose()
         if self._started:
             self._started = False
-            pending = self.container.shutdown_resources()
-            if pending is not None:
-                await pending
+            await self.container.shutdown_resources()
 
     async def __aenter__(self) -> DemoServer:
         await self.start()

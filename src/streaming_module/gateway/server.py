@@ -44,15 +44,26 @@ async def serve(
     progress_tracking: _Closable | None,
     broker: Broker,
     options: StreamingModuleOptions,
+    enabled: bool | None = None,
+    host: str | None = None,
+    port: int | None = None,
 ) -> AsyncIterator[StreamingWebSocketGateway]:
-    """Serve ``gateway`` when ``options.websocket.enabled`` and yield it; on exit shut
-    everything down in order (see the module docstring)."""
+    """Serve ``gateway`` and yield it; on exit shut everything down in order (see the module
+    docstring).
+
+    ``bridge`` is resolved when the resource starts, so it forwards the services the container
+    provides at that moment (overrides made before start included). The server listens when
+    ``enabled`` (default ``options.websocket.enabled``) on ``host``:``port`` (default the
+    options' ``websocket.host``/``port``; 0 picks a free port, read it from ``gateway.port``).
+    Give these to the provider to serve elsewhere without touching the options:
+    ``container.server.add_kwargs(enabled=True, port=0)`` before start.
+    """
     started = False
     # A misconfigured backend (a wrong Redis URL) fails here, before clients are accepted, and
     # not at the first subscribe.
     await broker.ping()
-    if options.websocket.enabled:
-        await gateway.start()
+    if options.websocket.enabled if enabled is None else enabled:
+        await gateway.start(host, port)
         started = True
     try:
         yield gateway

@@ -1,9 +1,9 @@
 """DeclarativeWorkflowBase: the base class of every declarative workflow.
 
-Its services come from the container :meth:`StreamingModule.for_root
-<streaming_module.module.StreamingModule.for_root>` built: ``for_root`` always wires this module, so
-``__init__``'s ``Provide["token_streaming"]``-style defaults are filled by dependency-injector
-wiring. Keyword arguments given explicitly win (tests, or an app with several containers).
+Its services come from a container :meth:`StreamingModule.for_root
+<streaming_module.module.StreamingModule.for_root>` built, found without global wiring (see
+:func:`streaming_module.services.registry.container_for`). Services or a container given as
+keyword arguments win (tests, or an app with several containers).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import uuid
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
-from dependency_injector.wiring import Provide, inject
 from langchain_core.runnables import RunnableConfig
 
 from streaming_module.errors import WorkflowError
+from streaming_module.services.registry import ServiceSource, container_for
 from streaming_module.types import FINAL_STATUSES, StreamEventType, StreamUpdate
 from streaming_module.workflow.graph import CompiledWorkflow, compile_workflow
 from streaming_module.workflow.runtime import WorkflowRun
@@ -82,36 +82,45 @@ class DeclarativeWorkflowBase(Generic[StateT]):
     ``@stream_progress``), the class with ``@workflow(...)``; run with ``await wf.run(input)`` or
     ``async for update in wf.stream(input)``.
 
-    The services are injected from the container ``StreamingModule.for_root()`` built; pass them
-    as keyword arguments to use others. Subclasses taking more collaborators call
+    The services come, in this order, from the keyword arguments; from ``container``; from the
+    container that wired the class's module (``StreamingModule.for_root(..., wire=[...])``);
+    from the container running in the current context (``async with container:``); from the
+    only live container. Otherwise a :class:`WorkflowError` says how to choose. Subclasses
+    taking more collaborators (``@inject`` them, and wire their module) call
     ``super().__init__(**kwargs)``.
     """
 
     logger: logging.Logger = logger
 
-    @inject
     def __init__(
         self,
         *,
-        token_streaming: TokenStreamingService = Provide["token_streaming"],
-        event_processor: EventStreamProcessorService = Provide["event_processor"],
-        progress_tracking: ProgressTrackingService = Provide["progress_tracking"],
+        token_streaming: TokenStreamingService | None = None,
+        event_processor: EventStreamProcessorService | None = None,
+        progress_tracking: ProgressTrackingService | None = None,
+        container: ServiceSource | None = None,
     ) -> None:
+        # A subclass's own unwired ``Provide[...]`` default passed through counts as not given.
         given = {
             "token_streaming": token_streaming,
             "event_processor": event_processor,
             "progress_tracking": progress_tracking,
         }
-        missing = [name for name, value in given.items() if _is_marker(value)]
+        missing = [name for name, value in given.items() if value is None or _is_marker(value)]
         if missing:
-            raise WorkflowError(
-                f"{type(self).__name__} has no {', '.join(missing)}: build the container first "
-                "with StreamingModule.for_root(...) (it wires DeclarativeWorkflowBase), or pass "
-                "the services as keyword arguments "
-                "(token_streaming=..., event_processor=..., progress_tracking=...)",
-                code="not_wired",
-                context={"missing": missing},
+            source = (
+                container if container is not None else container_for(type(self), missing=missing)
             )
+            if "token_streaming" in missing:
+                token_streaming = source.token_streaming()
+            if "event_processor" in missing:
+                event_processor = source.event_processor()
+            if "progress_tracking" in missing:
+                progress_tracking = source.progress_tracking()
+        # (for the type checker: each one was given or just taken from the container)
+        assert token_streaming is not None
+        assert event_processor is not None
+        assert progress_tracking is not None
         self.token_streaming = token_streaming
         self.event_processor = event_processor
         self.progress_tracking = progress_tracking
