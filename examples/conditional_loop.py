@@ -54,9 +54,7 @@ class DraftLoop(DeclarativeWorkflowBase[State]):
 
 
 async def main() -> None:
-    container = StreamingModule.for_root(
-        websocket={"enabled": False}, wire=["streaming_module.workflow.base"]
-    )
+    container = StreamingModule.for_root(websocket={"enabled": False})
     async with container:
         wf = DraftLoop()
         async for update in wf.stream({"topic": "streaming", "history": []}):

@@ -40,9 +40,7 @@ class ToolWorkflow(DeclarativeWorkflowBase[State]):
 
 
 async def main() -> None:
-    container = StreamingModule.for_root(
-        websocket={"enabled": False}, wire=["streaming_module.workflow.base"]
-    )
+    container = StreamingModule.for_root(websocket={"enabled": False})
     async with container:
         wf = ToolWorkflow()
         async for update in wf.stream({"text": "tools stream their start and end"}):
