@@ -419,6 +419,24 @@ async def test_stream_token_on_a_stream_never_initialised_says_what_to_do(
     assert info.value.code == "stream_not_found"
 
 
+async def test_flush_tokens_on_a_stream_never_initialised_raises_the_same_error(
+    service: TokenStreamingService,
+) -> None:
+    with pytest.raises(TokenStreamingError) as streaming:
+        service.stream_token(E, N, "x")
+    with pytest.raises(TokenStreamingError) as flushing:
+        await service.flush_tokens(E, N)
+    assert "exec-1:llm" in str(flushing.value)
+    assert "initialize_token_stream" in str(flushing.value)
+    assert flushing.value.code == streaming.value.code == "stream_not_found"
+    assert flushing.value.message == streaming.value.message
+    assert flushing.value.context["stream_key"] == "exec-1:llm"
+    await open_stream(service)
+    service.close_token_stream(E, N)
+    with pytest.raises(TokenStreamingError, match="exec-1:llm"):
+        await service.flush_tokens(E, N)  # closed: not open either
+
+
 async def test_stream_token_after_close_raises_too(service: TokenStreamingService) -> None:
     await open_stream(service)
     service.close_token_stream(E, N)
