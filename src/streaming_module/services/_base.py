@@ -10,9 +10,14 @@ from streaming_module.config import StreamingModuleOptions, parse_options
 from streaming_module.core.clock import Clock, SystemClock
 from streaming_module.errors import INVALID_ID, SERVICE_CLOSED, StreamingError
 from streaming_module.services.hub import Hub
-from streaming_module.types import RESERVED_METADATA_KEYS
+from streaming_module.types import (
+    RESERVED_METADATA_KEYS,
+    StreamEventType,
+    StreamMetadata,
+    StreamUpdate,
+)
 
-U = TypeVar("U")
+D = TypeVar("D")
 
 
 def require_id(value: object, what: str, error: type[StreamingError]) -> str:
@@ -49,32 +54,32 @@ def split_metadata(
     return extras, metadata.get("node_id"), metadata.get("agent_type")
 
 
-class ServiceBase(Generic[U]):
-    """Base of the three services.
+class ServiceBase(Generic[D]):
+    """Base of the three services, whose updates carry ``D`` data.
 
     ``options`` (a :class:`StreamingModuleOptions`, a dict with the same keys, or ``None`` for
     the defaults) is validated once (a bad one raises ``StreamingConfigError`` naming each bad
     key); ``clock`` (default :class:`SystemClock`) gives every timestamp and timer. Updates go
-    through ``self._hub`` (:class:`~streaming_module.services.hub.Hub`). Errors are raised as
-    ``error_type``: :data:`SERVICE_CLOSED` once ``aclose()`` ran, :data:`INVALID_ID` for a bad
-    id.
+    through ``self._hub`` (:class:`~streaming_module.services.hub.Hub`), whose streams are
+    named after ``streams`` and whose raising subscribers are logged on ``logger``. Errors are
+    raised as ``error_type``: :data:`SERVICE_CLOSED` once ``aclose()`` ran,
+    :data:`INVALID_ID` for a bad id.
     """
 
     error_type: ClassVar[type[StreamingError]] = StreamingError
+    streams: ClassVar[str] = "stream"
+    logger: ClassVar[logging.Logger] = logging.getLogger("streaming_module")
 
     def __init__(
         self,
-        options: StreamingModuleOptions | Mapping[str, Any] | None,
-        clock: Clock | None,
-        *,
-        streams: str,
-        logger: logging.Logger,
+        options: StreamingModuleOptions | Mapping[str, Any] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.options: StreamingModuleOptions = parse_options(
             StreamingModuleOptions, options, what="streaming module options"
         )
         self.clock: Clock = clock if clock is not None else SystemClock()
-        self._hub: Hub[U] = Hub(streams, logger)
+        self._hub: Hub[StreamUpdate[D]] = Hub(self.streams, self.logger)
         self._closed = False
 
     @property
@@ -94,6 +99,31 @@ class ServiceBase(Generic[U]):
 
     def _check_id(self, value: object, what: str) -> str:
         return require_id(value, what, self.error_type)
+
+    def _publish_new(
+        self,
+        kind: StreamEventType,
+        data: D,
+        execution_id: str,
+        node_id: str | None,
+        agent_type: str | None,
+        extras: dict[str, Any],
+    ) -> StreamUpdate[D]:
+        """A new update of ``execution_id``, stamped now and numbered next, published."""
+        update = StreamUpdate(
+            kind,
+            data,
+            StreamMetadata(
+                self.clock.now(),
+                self._hub.next_sequence(execution_id),
+                execution_id,
+                node_id,
+                agent_type,
+                **extras,
+            ),
+        )
+        self._hub.publish(execution_id, node_id, update)
+        return update
 
 
 __all__ = ["ServiceBase", "require_id", "split_metadata"]

@@ -33,8 +33,8 @@ from reactivex import GroupedObservable, Observable, abc
 from reactivex import operators as ops
 from reactivex.disposable import CompositeDisposable, Disposable
 
-from streaming_module.config import EventFilterCriteria, StreamingModuleOptions, parse_options
-from streaming_module.core.clock import Clock, TimerHandle
+from streaming_module.config import EventFilterCriteria, parse_options
+from streaming_module.core.clock import TimerHandle
 from streaming_module.core.events import (
     Batcher,
     aggregate_for_execution,
@@ -60,7 +60,6 @@ from streaming_module.types import (
     RunStatus,
     StatusData,
     StreamEventType,
-    StreamMetadata,
     StreamUpdate,
 )
 
@@ -71,7 +70,7 @@ _RUN_STATUSES = ("started", "completed", "failed", "cancelled")
 Update = StreamUpdate[Any]
 
 
-class EventStreamProcessorService(ServiceBase[Update]):
+class EventStreamProcessorService(ServiceBase[Any]):
     """Publishes workflow events per execution and processes event streams (the manual's
     ``EventStreamProcessorService``).
 
@@ -80,13 +79,8 @@ class EventStreamProcessorService(ServiceBase[Update]):
     """
 
     error_type = EventStreamingError
-
-    def __init__(
-        self,
-        options: StreamingModuleOptions | Mapping[str, Any] | None = None,
-        clock: Clock | None = None,
-    ) -> None:
-        super().__init__(options, clock, streams="event stream", logger=logger)
+    streams = "event stream"
+    logger = logger
 
     # ------------------------------------------------------------------ publishing
 
@@ -126,20 +120,7 @@ class EventStreamProcessorService(ServiceBase[Update]):
             extras["priority"] = check_priority(extras["priority"])
         else:
             extras["priority"] = default_priority(kind)
-        update: Update = StreamUpdate(
-            kind,
-            data,
-            StreamMetadata(
-                self.clock.now(),
-                self._hub.next_sequence(execution_id),
-                execution_id,
-                node_id,
-                agent_type,
-                **extras,
-            ),
-        )
-        self._hub.publish(execution_id, None, update)
-        return update
+        return self._publish_new(kind, data, execution_id, node_id, agent_type, extras)
 
     def emit_update(self, update: StreamUpdate[Any]) -> None:
         """Publish an update built elsewhere, unchanged. It must carry

@@ -35,7 +35,7 @@ from streaming_module.services._streams import (
     OverflowPolicy,
     observable_to_async_iter,
 )
-from streaming_module.types import ProgressData, StreamEventType, StreamMetadata, StreamUpdate
+from streaming_module.types import ProgressData, StreamEventType, StreamUpdate
 
 logger = logging.getLogger("streaming_module.progress")
 
@@ -175,7 +175,7 @@ class ProgressTracker:
         return data
 
 
-class ProgressTrackingService(ServiceBase[ProgressUpdate]):
+class ProgressTrackingService(ServiceBase[ProgressData]):
     """Per execution and node progress trackers (the manual's ``ProgressTrackingService``).
 
     ``clock`` gives all time (monotonic for intervals and rates, wall time for timestamps);
@@ -184,13 +184,15 @@ class ProgressTrackingService(ServiceBase[ProgressUpdate]):
     """
 
     error_type = ProgressTrackingError
+    streams = "progress stream"
+    logger = logger
 
     def __init__(
         self,
         options: StreamingModuleOptions | Mapping[str, Any] | None = None,
         clock: Clock | None = None,
     ) -> None:
-        super().__init__(options, clock, streams="progress stream", logger=logger)
+        super().__init__(options, clock)
         self._trackers: dict[TrackerKey, ProgressTracker] = {}
 
     # ------------------------------------------------------------------ trackers
@@ -339,21 +341,15 @@ class ProgressTrackingService(ServiceBase[ProgressUpdate]):
         data: ProgressData,
         metadata: Mapping[str, Any] | None,
     ) -> None:
-        execution_id = tracker.execution_id
         extras, _, agent_type = split_metadata(metadata)
-        update: ProgressUpdate = StreamUpdate(
+        self._publish_new(
             StreamEventType.PROGRESS,
             data,
-            StreamMetadata(
-                self.clock.now(),
-                self._hub.next_sequence(execution_id),
-                execution_id,
-                tracker.node_id,
-                agent_type,
-                **extras,
-            ),
+            tracker.execution_id,
+            tracker.node_id,
+            agent_type,
+            extras,
         )
-        self._hub.publish(execution_id, tracker.node_id, update)
 
 
 __all__ = ["ProgressTracker", "ProgressTrackingService"]

@@ -207,7 +207,7 @@ class _Stream:
         return f"{self.execution_id}:{self.node_id}"
 
 
-class TokenStreamingService(ServiceBase[TokenUpdate]):
+class TokenStreamingService(ServiceBase[TokenData]):
     """Buffers each ``(execution_id, node_id)`` stream's tokens and emits them as
     ``StreamUpdate[TokenData]`` updates to reactivex Observables (and their async-iterator
     twins). See the module docstring for when buffers flush, ordering and lifecycles.
@@ -220,6 +220,8 @@ class TokenStreamingService(ServiceBase[TokenUpdate]):
     """
 
     error_type = TokenStreamingError
+    streams = "token stream"
+    logger = logger
 
     def __init__(
         self,
@@ -227,7 +229,7 @@ class TokenStreamingService(ServiceBase[TokenUpdate]):
         clock: Clock | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        super().__init__(options, clock, streams="token stream", logger=logger)
+        super().__init__(options, clock)
         self._rng = rng if rng is not None else random.Random()
         self._max_token_length = self.options.max_token_length
         self._idle_timeout = self.options.stream_idle_timeout_ms / 1000.0
