@@ -61,14 +61,14 @@ class ServiceBase(Generic[D]):
     the defaults) is validated once (a bad one raises ``StreamingConfigError`` naming each bad
     key); ``clock`` (default :class:`SystemClock`) gives every timestamp and timer. Updates go
     through ``self._hub`` (:class:`~streaming_module.services.hub.Hub`), whose streams are
-    named after ``streams`` and whose raising subscribers are logged on ``logger``. Errors are
+    named after ``_hub_name`` and whose raising subscribers are logged on ``_logger``. Errors are
     raised as ``error_type``: :data:`SERVICE_CLOSED` once ``aclose()`` ran,
     :data:`INVALID_ID` for a bad id.
     """
 
     error_type: ClassVar[type[StreamingError]] = StreamingError
-    streams: ClassVar[str] = "stream"
-    logger: ClassVar[logging.Logger] = logging.getLogger("streaming_module")
+    _hub_name: ClassVar[str] = "stream"
+    _logger: ClassVar[logging.Logger] = logging.getLogger("streaming_module")
 
     def __init__(
         self,
@@ -79,7 +79,7 @@ class ServiceBase(Generic[D]):
             StreamingModuleOptions, options, what="streaming module options"
         )
         self.clock: Clock = clock if clock is not None else SystemClock()
-        self._hub: Hub[StreamUpdate[D]] = Hub(self.streams, self.logger)
+        self._hub: Hub[StreamUpdate[D]] = Hub(self._hub_name, self._logger)
         self._closed = False
 
     @property

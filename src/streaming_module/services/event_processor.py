@@ -79,8 +79,8 @@ class EventStreamProcessorService(ServiceBase[Any]):
     """
 
     error_type = EventStreamingError
-    streams = "event stream"
-    logger = logger
+    _hub_name = "event stream"
+    _logger = logger
 
     # ------------------------------------------------------------------ publishing
 

@@ -184,8 +184,8 @@ class ProgressTrackingService(ServiceBase[ProgressData]):
     """
 
     error_type = ProgressTrackingError
-    streams = "progress stream"
-    logger = logger
+    _hub_name = "progress stream"
+    _logger = logger
 
     def __init__(
         self,

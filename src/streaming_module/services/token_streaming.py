@@ -220,8 +220,8 @@ class TokenStreamingService(ServiceBase[TokenData]):
     """
 
     error_type = TokenStreamingError
-    streams = "token stream"
-    logger = logger
+    _hub_name = "token stream"
+    _logger = logger
 
     def __init__(
         self,
