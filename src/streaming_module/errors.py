@@ -34,6 +34,14 @@ class StreamingError(Exception):
         return f"{type(self).__name__}(code={self.code!r}, message={self.message!r})"
 
 
+SERVICE_CLOSED = "service_closed"
+"""``code`` of the error a service raises when it is used after ``aclose()``."""
+
+INVALID_ID = "invalid_id"
+"""``code`` of the error a service raises for an execution or node id that is not a non-blank
+string (``context`` names the argument)."""
+
+
 class StreamingConfigError(StreamingError, ValueError):
     """Options did not validate. ``errors`` lists every bad field as ``(path, message)``."""
 
@@ -142,6 +150,8 @@ class ClientNotFoundError(WebSocketError):
 
 
 __all__ = [
+    "INVALID_ID",
+    "SERVICE_CLOSED",
     "AuthenticationError",
     "BrokerError",
     "ClientNotFoundError",

@@ -110,11 +110,35 @@ class StatusData(_KeyAccess):
     result: Any = None
 
 
+RESERVED_METADATA_KEYS: frozenset[str] = frozenset(
+    {"timestamp", "sequence_number", "execution_id", "node_id", "agent_type"}
+)
+""":class:`StreamMetadata`'s own fields. The services set them; a key of a caller's metadata
+(``stream_token``'s, ``emit_event``'s, a progress ``update``'s) that names one never becomes an
+extra. ``timestamp``, ``sequence_number`` and ``execution_id`` given that way are ignored; where a
+service takes ``agent_type`` (events, progress) or ``node_id`` (events, when the argument is not
+given) from a caller's metadata, its documentation says so."""
+
+
 class StreamMetadata:
     """Where and when an update comes from.
 
-    ``timestamp`` is an aware UTC datetime; ``sequence_number`` counts updates per source stream;
-    any extra keyword becomes an extra field, readable as an attribute or by key.
+    ``timestamp`` is an aware UTC datetime. ``sequence_number`` is the update's position, from 1,
+    among the updates its service has published for its execution: the token service numbers an
+    execution's token updates (all its nodes together), the event service its events, the
+    progress service its progress reports. So a subscriber of an execution's stream
+    (``get_token_stream(execution_id)``, ``get_event_stream(execution_id)``,
+    ``get_progress_stream(execution_id)``) sees 1, 2, 3, ... with no gap and no repeat; a node's
+    stream, a filtered stream or the global stream sees each execution's numbers rising, with
+    gaps where the updates went elsewhere. Numbering starts again from 1 once the service has
+    released the execution (``close_execution_token_streams``; ``complete_execution`` or a final
+    status; ``close_execution``; or, for tokens, no open stream of the execution for
+    ``stream_idle_timeout_ms``). An update published ready-made with ``emit_update`` keeps its
+    number, and later events continue after it. ``sequence_number`` is not the wire frame's
+    ``sequence``, which the broker assigns across all the kinds of an execution.
+
+    Any extra keyword becomes an extra field, readable as an attribute or by key; the names in
+    :data:`RESERVED_METADATA_KEYS` are the fields above.
     """
 
     __slots__ = ("agent_type", "execution_id", "extra", "node_id", "sequence_number", "timestamp")
@@ -143,7 +167,7 @@ class StreamMetadata:
             raise AttributeError(name) from None
 
     def __getitem__(self, key: str) -> Any:
-        if key in self.__slots__ and key != "extra":
+        if key in RESERVED_METADATA_KEYS:
             return getattr(self, key)
         return self.extra[key]
 
@@ -202,6 +226,7 @@ def utc_now() -> datetime:
 __all__ = [
     "FINAL_STATUSES",
     "PRIORITY_ORDER",
+    "RESERVED_METADATA_KEYS",
     "DeliveryMode",
     "EventPriority",
     "Granularity",

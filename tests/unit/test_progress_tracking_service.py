@@ -396,9 +396,7 @@ async def test_close_execution_closes_trackers_completes_streams_and_frees_memor
     assert not other.completed
     assert a.closed
     assert service.get_active_trackers() == [kept]
-    assert "e" not in service._executions
-    assert not [k for k in service._nodes if k[0] == "e"]
-    assert "e" not in service._sequences
+    assert "e" not in service._hub.executions()  # no stream, no numbering
 
 
 async def test_aclose_ends_everything(service: ProgressTrackingService) -> None:
@@ -411,8 +409,7 @@ async def test_aclose_ends_everything(service: ProgressTrackingService) -> None:
     assert execution.completed
     assert tracker.closed
     assert service.get_active_trackers() == []
-    assert not service._executions
-    assert not service._nodes
+    assert service._hub.channel_count == 0 and service._hub.executions() == set()
     with pytest.raises(ProgressTrackingError, match="closed"):
         service.create_tracker("e", "n")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import itertools
 import logging
 import random
 from dataclasses import dataclass, field
@@ -420,6 +419,24 @@ async def test_stream_token_on_a_stream_never_initialised_says_what_to_do(
     assert info.value.code == "stream_not_found"
 
 
+async def test_flush_tokens_on_a_stream_never_initialised_raises_the_same_error(
+    service: TokenStreamingService,
+) -> None:
+    with pytest.raises(TokenStreamingError) as streaming:
+        service.stream_token(E, N, "x")
+    with pytest.raises(TokenStreamingError) as flushing:
+        await service.flush_tokens(E, N)
+    assert "exec-1:llm" in str(flushing.value)
+    assert "initialize_token_stream" in str(flushing.value)
+    assert flushing.value.code == streaming.value.code == "stream_not_found"
+    assert flushing.value.message == streaming.value.message
+    assert flushing.value.context["stream_key"] == "exec-1:llm"
+    await open_stream(service)
+    service.close_token_stream(E, N)
+    with pytest.raises(TokenStreamingError, match="exec-1:llm"):
+        await service.flush_tokens(E, N)  # closed: not open either
+
+
 async def test_stream_token_after_close_raises_too(service: TokenStreamingService) -> None:
     await open_stream(service)
     service.close_token_stream(E, N)
@@ -492,7 +509,7 @@ async def test_subjects_do_not_outlive_their_subscribers(service: TokenStreaming
         service.close_execution_token_streams(execution_id)
     disposable = service.get_token_stream("never-run").subscribe(lambda u: None)
     disposable.dispose()
-    assert service._execution_channels == {} and service._node_channels == {}
+    assert service._hub.channel_count == 0 and service._hub.executions() == set()
     assert service._streams == {} and service._by_execution == {}
 
 
@@ -717,7 +734,7 @@ async def test_breaking_out_of_async_for_unsubscribes(service: TokenStreamingSer
     service.stream_token(E, N, "x")
     assert await task == "x"
     gc.collect()
-    assert service._node_channels == {}
+    assert service._hub.channel_count == 0
 
 
 async def test_iter_global_and_stats_twins(service: TokenStreamingService) -> None:
@@ -821,6 +838,10 @@ def test_no_token_is_lost_duplicated_or_reordered(
         items: list[StreamUpdate[TokenData]] = []
         service.get_token_stream(E).subscribe(items.append)
         expected: list[str] = []
+        # Positions in ``items`` where a new stream (token index from 0) and a new execution
+        # numbering (sequence number from 1) begin.
+        stream_starts = {0}
+        numbering_starts = {0}
 
         async def ensure_open() -> None:
             if not service.has_token_stream(E, N):
@@ -833,14 +854,21 @@ def test_no_token_is_lost_duplicated_or_reordered(
                 if not (exclude_whitespace and not arg.strip()):
                     expected.append(arg)
             elif op == "flush":
-                await service.flush_tokens(E, N)
+                if service.has_token_stream(E, N):
+                    await service.flush_tokens(E, N)
+                else:
+                    with pytest.raises(TokenStreamingError, match=f"{E}:{N}"):
+                        await service.flush_tokens(E, N)
             elif op == "advance":
                 clock.advance(arg)
             elif op == "close":
                 service.close_token_stream(E, N)
+                stream_starts.add(len(items))
             else:
                 service.close_execution_token_streams(E)  # completes: subscribe again
                 service.get_token_stream(E).subscribe(items.append)
+                stream_starts.add(len(items))
+                numbering_starts.add(len(items))
         await service.aclose()
 
         assert "".join(u.data.content for u in items) == "".join(expected)
@@ -849,16 +877,16 @@ def test_no_token_is_lost_duplicated_or_reordered(
         for update in items:
             count = update.data.total_tokens - update.data.index
             assert 1 <= count <= (batch_size or buffer_size)
-        # Per stream lifetime, sequence numbers are 1, 2, 3 ... and indices are contiguous.
-        runs: list[list[StreamUpdate[TokenData]]] = []
-        for update in items:
-            if update.metadata.sequence_number == 1:
-                runs.append([])
-            runs[-1].append(update)
-        for run in runs:
-            assert [u.metadata.sequence_number for u in run] == list(range(1, len(run) + 1))
-            assert run[0].data.index == 0
-            for before, after in itertools.pairwise(run):
-                assert after.data.index == before.data.total_tokens
+        # Sequence numbers count the execution's updates, 1, 2, 3 ..., across close_token_stream
+        # and up to close_execution_token_streams; token indices are contiguous per stream.
+        sequence = index = 0
+        for position, update in enumerate(items):
+            if position in numbering_starts:
+                sequence = 0
+            if position in stream_starts:
+                index = 0
+            sequence += 1
+            assert (update.metadata.sequence_number, update.data.index) == (sequence, index)
+            index = update.data.total_tokens
 
     asyncio.run(scenario())

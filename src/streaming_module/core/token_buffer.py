@@ -34,9 +34,9 @@ Payload format — a drain cuts the buffered tokens, in arrival order, into batc
 ``content`` is always the joined text of the batch, whatever the format: it is what the wire
 protocol sends. With ``include_metadata=True`` the batch's token metadata dicts are merged, in
 token order (a later token's value wins), into the update metadata's extras; keys that name
-:class:`~streaming_module.types.StreamMetadata`'s own fields (``timestamp``,
-``sequence_number``, ``execution_id``, ``node_id``, ``agent_type``) are left out so they cannot
-overwrite them, and under ``structured`` the ``token_metadata`` list wins over a same-named key.
+:class:`~streaming_module.types.StreamMetadata`'s own fields
+(:data:`~streaming_module.types.RESERVED_METADATA_KEYS`) are left out so they cannot overwrite
+them, and under ``structured`` the ``token_metadata`` list wins over a same-named key.
 Each batch carries a ``sequence_number`` counted per stream from 1.
 
 Cost: :meth:`TokenBuffer.offer` is a few attribute reads, the filter's comparisons and one or two
@@ -51,12 +51,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from streaming_module.config import StreamTokenOptions, TokenFilterOptions, TokenProcessor
-from streaming_module.types import TokenData, TokenFormat
-
-RESERVED_METADATA_KEYS: frozenset[str] = frozenset(
-    {"timestamp", "sequence_number", "execution_id", "node_id", "agent_type"}
-)
-"""Token metadata keys never merged into update metadata (they are StreamMetadata's fields)."""
+from streaming_module.types import RESERVED_METADATA_KEYS, TokenData, TokenFormat
 
 TokenPredicate = Callable[[str], bool]
 
@@ -290,7 +285,6 @@ class TokenBuffer:
 
 
 __all__ = [
-    "RESERVED_METADATA_KEYS",
     "TokenBatch",
     "TokenBuffer",
     "TokenCounters",

@@ -1,15 +1,17 @@
 """EventStreamProcessorService: publish workflow events and process streams of them.
 
 Publishing (:meth:`~EventStreamProcessorService.emit_event`, ``emit_update``, ``emit_status``)
-is synchronous: every subscriber of the global stream and of the execution's stream has seen the
-update when the call returns. Subscribers are reactivex observers of a subject that catches and
-logs (logger ``streaming_module.events``) whatever one of them raises, so the others and the
-publisher carry on.
+is synchronous: every subscriber of the execution's stream and of the global stream has seen the
+update when the call returns (called from inside a subscriber, the update follows right after the
+one being delivered, so every subscriber sees events in publication order). Delivery goes through
+the services' :class:`~streaming_module.services.hub.Hub`: a subscriber that raises is logged
+(logger ``streaming_module.events``) and the others and the publisher carry on.
 
-Memory: one subject and one sequence counter per execution that has subscribers or events, freed
-by :meth:`~EventStreamProcessorService.complete_execution` — called automatically by a final
-status (``completed``, ``failed``, ``cancelled``). Nothing is kept for replay here (that is the
-broker's job): an update reaches the subscribers present when it is published.
+Memory: one channel per execution stream that has subscribers (released when the last one
+leaves) and one sequence counter per execution that has events, freed by
+:meth:`~EventStreamProcessorService.complete_execution` — called automatically by a final status
+(``completed``, ``failed``, ``cancelled``). Nothing is kept for replay here (that is the broker's
+job): an update reaches the subscribers present when it is published.
 
 The processing helpers (``filter_events``, ``transform_events``, ``aggregate_by_execution``,
 ``process_batch``, ``group_events_by_type``) are thin adapters over the pure
@@ -31,8 +33,8 @@ from reactivex import GroupedObservable, Observable, abc
 from reactivex import operators as ops
 from reactivex.disposable import CompositeDisposable, Disposable
 
-from streaming_module.config import EventFilterCriteria, StreamingModuleOptions, parse_options
-from streaming_module.core.clock import Clock, SystemClock, TimerHandle
+from streaming_module.config import EventFilterCriteria, parse_options
+from streaming_module.core.clock import TimerHandle
 from streaming_module.core.events import (
     Batcher,
     aggregate_for_execution,
@@ -44,38 +46,31 @@ from streaming_module.core.events import (
     transform_updates,
 )
 from streaming_module.errors import EventStreamingError
-from streaming_module.services._ids import require_id
+from streaming_module.services._base import ServiceBase, split_metadata
 from streaming_module.services._streams import (
     DEFAULT_MAX_QUEUE,
     ObservableAsyncIterator,
     OverflowPolicy,
     observable_to_async_iter,
 )
-from streaming_module.services._subjects import SafeSubject
+from streaming_module.services.hub import Channel
 from streaming_module.types import (
     FINAL_STATUSES,
     EventPriority,
     RunStatus,
     StatusData,
     StreamEventType,
-    StreamMetadata,
     StreamUpdate,
 )
 
 logger = logging.getLogger("streaming_module.events")
 
 _RUN_STATUSES = ("started", "completed", "failed", "cancelled")
-# Metadata keys the service sets itself; a caller's values for them are ignored.
-_OWNED_KEYS = frozenset({"timestamp", "sequence_number", "execution_id"})
 
 Update = StreamUpdate[Any]
 
 
-def _check_execution_id(execution_id: Any) -> str:
-    return require_id(execution_id, "execution_id", EventStreamingError, "invalid_execution_id")
-
-
-class EventStreamProcessorService:
+class EventStreamProcessorService(ServiceBase[Any]):
     """Publishes workflow events per execution and processes event streams (the manual's
     ``EventStreamProcessorService``).
 
@@ -83,17 +78,9 @@ class EventStreamProcessorService:
     ``clock`` gives timestamps and ``process_batch``'s debounce timers (default: real time).
     """
 
-    def __init__(
-        self,
-        options: StreamingModuleOptions | Mapping[str, Any] | None = None,
-        clock: Clock | None = None,
-    ) -> None:
-        self.options = parse_options(StreamingModuleOptions, options, what="streaming options")
-        self.clock: Clock = clock or SystemClock()
-        self._global: SafeSubject[Update] = SafeSubject(logger)
-        self._executions: dict[str, SafeSubject[Update]] = {}
-        self._sequences: dict[str, int] = {}
-        self._closed = False
+    error_type = EventStreamingError
+    _hub_name = "event stream"
+    _logger = logger
 
     # ------------------------------------------------------------------ publishing
 
@@ -109,58 +96,37 @@ class EventStreamProcessorService:
     ) -> Update:
         """Publish one event of ``execution_id`` and return it.
 
-        The update gets ``StreamMetadata(timestamp=clock.now(), sequence_number=<next for this
-        execution, from 1>, execution_id, node_id, **extras)``. ``metadata`` entries become
-        extras (``agent_type`` sets that field, ``node_id`` is used when the argument is not
-        given; ``timestamp``, ``sequence_number`` and ``execution_id`` are the service's and are
-        ignored). ``priority`` (else ``metadata['priority']``, else ``high`` for ``error``,
+        The update gets ``StreamMetadata(timestamp=clock.now(), sequence_number=<next of this
+        execution's events, from 1>, execution_id, node_id, **extras)``. ``metadata`` entries
+        become extras, except the :data:`~streaming_module.types.RESERVED_METADATA_KEYS`:
+        ``agent_type`` sets that field, ``node_id`` is used when the argument is not given, and
+        ``timestamp``, ``sequence_number`` and ``execution_id`` are the service's and are
+        ignored. ``priority`` (else ``metadata['priority']``, else ``high`` for ``error``,
         ``low`` for ``debug``, ``medium`` otherwise) is stored as the extra ``priority``.
 
-        Raises :class:`EventStreamingError` for an empty ``execution_id``, an unknown type or
-        priority, or a closed service.
+        Raises :class:`EventStreamingError` for an empty ``execution_id`` (code
+        ``invalid_id``), an unknown type or priority, or a closed service (code
+        ``service_closed``).
         """
-        self._check_open()
-        _check_execution_id(execution_id)
+        self._check_open("emit_event")
+        self._check_id(execution_id, "execution_id")
         kind = coerce_event_type(event_type)
-        extras: dict[str, Any] = {}
-        agent_type: str | None = None
-        if metadata:
-            for key, value in metadata.items():
-                if key in _OWNED_KEYS:
-                    continue
-                if key == "agent_type":
-                    agent_type = value
-                elif key == "node_id":
-                    if node_id is None:
-                        node_id = value
-                else:
-                    extras[str(key)] = value
+        extras, given_node_id, agent_type = split_metadata(metadata)
+        if node_id is None:
+            node_id = given_node_id
         if priority is not None:
             extras["priority"] = check_priority(priority)
         elif "priority" in extras:
             extras["priority"] = check_priority(extras["priority"])
         else:
             extras["priority"] = default_priority(kind)
-        update: Update = StreamUpdate(
-            kind,
-            data,
-            StreamMetadata(
-                self.clock.now(),
-                self._next_sequence(execution_id),
-                execution_id,
-                node_id,
-                agent_type,
-                **extras,
-            ),
-        )
-        self._publish(execution_id, update)
-        return update
+        return self._publish_new(kind, data, execution_id, node_id, agent_type, extras)
 
     def emit_update(self, update: StreamUpdate[Any]) -> None:
         """Publish an update built elsewhere, unchanged. It must carry
         ``metadata.execution_id``; later ``emit_event`` numbers continue after its
         ``sequence_number`` (never reusing one)."""
-        self._check_open()
+        self._check_open("emit_update")
         if not isinstance(update, StreamUpdate):
             raise EventStreamingError(
                 f"emit_update takes a StreamUpdate, got {type(update).__name__}",
@@ -172,11 +138,11 @@ class EventStreamProcessorService:
                 "emit_event(execution_id, type, data) to have it built",
                 code="invalid_event",
             )
-        execution_id = _check_execution_id(update.metadata.execution_id)
+        execution_id = self._check_id(update.metadata.execution_id, "execution_id")
         seq = update.metadata.sequence_number
-        if isinstance(seq, int) and seq > self._sequences.get(execution_id, 0):
-            self._sequences[execution_id] = seq
-        self._publish(execution_id, update)
+        if isinstance(seq, int):
+            self._hub.note_sequence(execution_id, seq)
+        self._hub.publish(execution_id, None, update)
 
     def emit_status(
         self,
@@ -215,15 +181,15 @@ class EventStreamProcessorService:
     ) -> Observable[Update]:
         """Live events: of every execution (``execution_id=None``; completes on ``aclose``) or of
         one execution (completes when it completes; may be asked for before its first event),
-        optionally only of the given ``types``. Nothing is replayed."""
-        self._check_open()
-        if execution_id is None:
-            source: Observable[Update] = self._global
-        else:
-            _check_execution_id(execution_id)
-            source = self._execution_subject(execution_id)
+        optionally only of the given ``types``. Nothing is replayed. Subscribing again to an
+        execution's Observable after that execution completed completes at once (ask again for
+        a later run with the same id)."""
+        self._check_open("get_event_stream")
+        if execution_id is not None:
+            self._check_id(execution_id, "execution_id")
+        source = self._hub.stream(execution_id)
         if types is None:
-            return source.pipe(ops.as_observable())
+            return source
         wanted = coerce_event_types(types)
 
         def wanted_type(update: Update) -> bool:
@@ -364,27 +330,27 @@ class EventStreamProcessorService:
             observer: abc.ObserverBase[GroupedObservable[StreamEventType, Update]],
             scheduler: abc.SchedulerBase | None = None,
         ) -> abc.DisposableBase:
-            groups: dict[StreamEventType, SafeSubject[Update]] = {}
+            groups: dict[StreamEventType, Channel[Update]] = {}
 
             def on_next(event: Update) -> None:
                 group = groups.get(event.type)
                 if group is None:
-                    group = groups[event.type] = SafeSubject(logger)
-                    observer.on_next(GroupedObservable(event.type, group))
-                group.on_next(event)
+                    group = groups[event.type] = Channel(f"the {event.type} group", logger)
+                    observer.on_next(GroupedObservable(event.type, group.as_observable()))
+                group.emit(event)
 
             def on_error(exc: Exception) -> None:
                 released = list(groups.values())
                 groups.clear()
                 for group in released:
-                    group.on_error(exc)
+                    group.fail(exc)
                 observer.on_error(exc)
 
             def on_completed() -> None:
                 released = list(groups.values())
                 groups.clear()
                 for group in released:
-                    group.on_completed()
+                    group.complete()
                 observer.on_completed()
 
             subscription = source.subscribe(on_next, on_error, on_completed, scheduler=scheduler)
@@ -397,7 +363,7 @@ class EventStreamProcessorService:
     ) -> dict[StreamEventType, list[Update]]:
         """The events of ``execution_id`` grouped by type (keys in first-seen order, events in
         arrival order); other executions' events and events without metadata are left out."""
-        _check_execution_id(execution_id)
+        self._check_id(execution_id, "execution_id")
         return aggregate_for_execution(execution_id, events)
 
     def filter_events(
@@ -433,54 +399,25 @@ class EventStreamProcessorService:
     # ------------------------------------------------------------------ lifecycle
 
     def complete_execution(self, execution_id: str) -> None:
-        """Complete the execution's streams and free its subject and counter. Idempotent. A later
-        event of the same id starts afresh (sequence numbers from 1)."""
-        self._sequences.pop(execution_id, None)
-        subject = self._executions.pop(execution_id, None)
-        if subject is not None:
-            subject.on_completed()
+        """Complete the execution's streams and free its channel and counter. Idempotent. A
+        later event of the same id starts afresh (sequence numbers from 1)."""
+        self._hub.complete_execution(execution_id)
 
     @property
     def active_executions(self) -> list[str]:
-        """Executions holding a subject or a sequence counter (introspection, tests)."""
-        return sorted(set(self._executions) | set(self._sequences))
+        """Executions holding a stream with subscribers or a sequence counter (introspection,
+        tests)."""
+        return sorted(self._hub.executions())
 
     async def aclose(self) -> None:
-        """Complete every stream (per execution, then the global one) and refuse further use.
-        Idempotent."""
+        """Complete every stream (per execution, then the global one) and refuse further use
+        (code ``service_closed``). Idempotent."""
         if self._closed:
             return
         self._closed = True
-        for execution_id in list(self._executions):
-            self.complete_execution(execution_id)
-        self._sequences.clear()
-        self._global.on_completed()
+        self._hub.close()
 
     # ------------------------------------------------------------------ internals
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise EventStreamingError(
-                "the event processor is closed (aclose was called); build a new one",
-                code="closed",
-            )
-
-    def _next_sequence(self, execution_id: str) -> int:
-        seq = self._sequences.get(execution_id, 0) + 1
-        self._sequences[execution_id] = seq
-        return seq
-
-    def _execution_subject(self, execution_id: str) -> SafeSubject[Update]:
-        subject = self._executions.get(execution_id)
-        if subject is None:
-            subject = self._executions[execution_id] = SafeSubject(logger)
-        return subject
-
-    def _publish(self, execution_id: str, update: Update) -> None:
-        subject = self._executions.get(execution_id)
-        if subject is not None:
-            subject.on_next(update)
-        self._global.on_next(update)
 
     @staticmethod
     def _as_observable(events: Iterable[Update] | Observable[Update]) -> Observable[Update]:

@@ -5,13 +5,14 @@ A :class:`ProgressTracker` turns ``update(current, total)`` calls into progress 
 node_id))`` — following its :class:`~streaming_module.config.StreamProgressOptions`. What is
 reported, and how rate, ETA and milestones are computed, is decided by the pure
 :class:`streaming_module.core.progress.ProgressComputer` (see that module's docstring); this module
-adds time (the injected clock), sequence numbers (per execution, from 1) and synchronous delivery
-to subscribers (a subscriber that raises is logged on ``streaming_module.progress`` and the others
-still get the update).
+adds time (the injected clock), sequence numbers (per execution, from 1: see
+:class:`~streaming_module.types.StreamMetadata`) and synchronous, ordered delivery to subscribers
+through the services' :class:`~streaming_module.services.hub.Hub` (a subscriber that raises is
+logged on ``streaming_module.progress`` and the others still get the update).
 
-Memory: a tracker is a few floats plus its last report; one subject per stream asked for. A
-tracker is released by ``close_tracker``; an execution's trackers, subjects and counter by
-``close_execution``.
+Memory: a tracker is a few floats plus its last report; one channel per stream that has
+subscribers (released when the last one leaves). A tracker is released by ``close_tracker``; an
+execution's trackers, streams and counter by ``close_execution``.
 """
 
 from __future__ import annotations
@@ -24,29 +25,22 @@ from reactivex import Observable
 from reactivex import operators as ops
 
 from streaming_module.config import StreamingModuleOptions, StreamProgressOptions, parse_options
-from streaming_module.core.clock import Clock, SystemClock
+from streaming_module.core.clock import Clock
 from streaming_module.core.progress import ProgressComputer
 from streaming_module.errors import ProgressTrackingError
-from streaming_module.services._ids import require_id
+from streaming_module.services._base import ServiceBase, split_metadata
 from streaming_module.services._streams import (
     DEFAULT_MAX_QUEUE,
     ObservableAsyncIterator,
     OverflowPolicy,
     observable_to_async_iter,
 )
-from streaming_module.services._subjects import SafeSubject
-from streaming_module.types import ProgressData, StreamEventType, StreamMetadata, StreamUpdate
+from streaming_module.types import ProgressData, StreamEventType, StreamUpdate
 
 logger = logging.getLogger("streaming_module.progress")
 
 TrackerKey = tuple[str, str | None]
 ProgressUpdate = StreamUpdate[ProgressData]
-# Metadata keys the service sets itself; a caller's values for them are ignored.
-_OWNED_KEYS = frozenset({"timestamp", "sequence_number", "execution_id", "node_id"})
-
-
-def _check_execution_id(execution_id: Any) -> str:
-    return require_id(execution_id, "execution_id", ProgressTrackingError, "invalid_execution_id")
 
 
 def _describe(key: TrackerKey) -> str:
@@ -103,7 +97,9 @@ class ProgressTracker:
         ``interval`` and ``granularity``). Returns the reported data, or ``None`` when held back
         (or when the tracker is ``enabled=False``: it then reports nothing).
 
-        ``metadata`` goes to the ``calculator`` and into the update's metadata extras.
+        ``metadata`` goes to the ``calculator`` and into the update's metadata extras (its
+        ``agent_type`` sets that field; the other
+        :data:`~streaming_module.types.RESERVED_METADATA_KEYS` are the service's and ignored).
         Raises :class:`ProgressTrackingError` for a closed tracker or bad numbers.
         """
         return self._observe(current, total, metadata, force=False)
@@ -179,7 +175,7 @@ class ProgressTracker:
         return data
 
 
-class ProgressTrackingService:
+class ProgressTrackingService(ServiceBase[ProgressData]):
     """Per execution and node progress trackers (the manual's ``ProgressTrackingService``).
 
     ``clock`` gives all time (monotonic for intervals and rates, wall time for timestamps);
@@ -187,19 +183,17 @@ class ProgressTrackingService:
     Not thread-safe: use from the event loop's thread.
     """
 
+    error_type = ProgressTrackingError
+    _hub_name = "progress stream"
+    _logger = logger
+
     def __init__(
         self,
         options: StreamingModuleOptions | Mapping[str, Any] | None = None,
         clock: Clock | None = None,
     ) -> None:
-        self.options = parse_options(StreamingModuleOptions, options, what="streaming options")
-        self.clock: Clock = clock or SystemClock()
+        super().__init__(options, clock)
         self._trackers: dict[TrackerKey, ProgressTracker] = {}
-        self._global: SafeSubject[ProgressUpdate] = SafeSubject(logger)
-        self._executions: dict[str, SafeSubject[ProgressUpdate]] = {}
-        self._nodes: dict[TrackerKey, SafeSubject[ProgressUpdate]] = {}
-        self._sequences: dict[str, int] = {}
-        self._closed = False
 
     # ------------------------------------------------------------------ trackers
 
@@ -212,8 +206,9 @@ class ProgressTrackingService:
         """The open tracker for ``(execution_id, node_id)`` — the existing one if there is one
         (then ``options`` is ignored), else a new one with ``options`` (a model or a dict,
         snake_case or camelCase; bad ones raise ``StreamingConfigError``). Timing starts now."""
-        self._check_open()
-        key: TrackerKey = (_check_execution_id(execution_id), node_id)
+        self._check_open("create_tracker")
+        self._check_ids(execution_id, node_id)
+        key: TrackerKey = (execution_id, node_id)
         tracker = self._trackers.get(key)
         if tracker is not None:
             return tracker
@@ -265,22 +260,17 @@ class ProgressTrackingService:
         Idempotent."""
         for key in [k for k in self._trackers if k[0] == execution_id]:
             self._close_tracker(self._trackers[key])
-        for key in [k for k in self._nodes if k[0] == execution_id]:
-            self._nodes.pop(key).on_completed()
-        self._sequences.pop(execution_id, None)
-        subject = self._executions.pop(execution_id, None)
-        if subject is not None:
-            subject.on_completed()
+        self._hub.complete_execution(execution_id)
 
     async def aclose(self) -> None:
-        """Close every tracker, complete every stream (the global one last). Idempotent."""
+        """Close every tracker, complete every stream (the global one last) and refuse further
+        use (code ``service_closed``). Idempotent."""
         if self._closed:
             return
         self._closed = True
-        for execution_id in {k[0] for k in (*self._trackers, *self._nodes)} | set(self._executions):
-            self.close_execution(execution_id)
-        self._sequences.clear()
-        self._global.on_completed()
+        for tracker in list(self._trackers.values()):
+            self._close_tracker(tracker)
+        self._hub.close()
 
     # ------------------------------------------------------------------ streams
 
@@ -295,28 +285,21 @@ class ProgressTrackingService:
         - ``node_id`` only: that node's in any execution (completes on ``aclose``).
 
         May be asked for before the tracker exists. Nothing is replayed; ``tracker.last`` has
-        the latest report.
+        the latest report. Subscribing again to an Observable whose stream has completed
+        completes at once (ask again for a new tracker with the same ids).
         """
-        self._check_open()
+        self._check_open("get_progress_stream")
         if execution_id is None:
             if node_id is None:
-                return self._global.pipe(ops.as_observable())
+                return self._hub.stream()
+            self._check_id(node_id, "node_id")
 
             def same_node(update: ProgressUpdate) -> bool:
                 return update.node_id == node_id
 
-            return self._global.pipe(ops.filter(same_node))
-        _check_execution_id(execution_id)
-        if node_id is None:
-            subject = self._executions.get(execution_id)
-            if subject is None:
-                subject = self._executions[execution_id] = SafeSubject(logger)
-        else:
-            key: TrackerKey = (execution_id, node_id)
-            subject = self._nodes.get(key)
-            if subject is None:
-                subject = self._nodes[key] = SafeSubject(logger)
-        return subject.pipe(ops.as_observable())
+            return self._hub.stream().pipe(ops.filter(same_node))
+        self._check_ids(execution_id, node_id)
+        return self._hub.stream(execution_id, node_id)
 
     def iter_progress_stream(
         self,
@@ -340,20 +323,17 @@ class ProgressTrackingService:
 
     # ------------------------------------------------------------------ internals
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ProgressTrackingError(
-                "the progress tracking service is closed (aclose was called); build a new one",
-                code="closed",
-            )
+    def _check_ids(self, execution_id: object, node_id: object) -> None:
+        self._check_id(execution_id, "execution_id")
+        if node_id is not None:
+            self._check_id(node_id, "node_id")
 
     def _close_tracker(self, tracker: ProgressTracker) -> None:
         tracker.closed = True
         if self._trackers.get(tracker.key) is tracker:
             del self._trackers[tracker.key]
-        subject = self._nodes.pop(tracker.key, None) if tracker.node_id is not None else None
-        if subject is not None:
-            subject.on_completed()
+        if tracker.node_id is not None:
+            self._hub.complete_node(tracker.execution_id, tracker.node_id)
 
     def _publish(
         self,
@@ -361,31 +341,15 @@ class ProgressTrackingService:
         data: ProgressData,
         metadata: Mapping[str, Any] | None,
     ) -> None:
-        execution_id = tracker.execution_id
-        seq = self._sequences.get(execution_id, 0) + 1
-        self._sequences[execution_id] = seq
-        extras: dict[str, Any] = {}
-        agent_type: str | None = None
-        if metadata:
-            for name, value in metadata.items():
-                if name == "agent_type":
-                    agent_type = value
-                elif name not in _OWNED_KEYS:
-                    extras[str(name)] = value
-        update: ProgressUpdate = StreamUpdate(
+        extras, _, agent_type = split_metadata(metadata)
+        self._publish_new(
             StreamEventType.PROGRESS,
             data,
-            StreamMetadata(
-                self.clock.now(), seq, execution_id, tracker.node_id, agent_type, **extras
-            ),
+            tracker.execution_id,
+            tracker.node_id,
+            agent_type,
+            extras,
         )
-        node_subject = self._nodes.get(tracker.key)
-        if node_subject is not None:
-            node_subject.on_next(update)
-        exec_subject = self._executions.get(execution_id)
-        if exec_subject is not None:
-            exec_subject.on_next(update)
-        self._global.on_next(update)
 
 
 __all__ = ["ProgressTracker", "ProgressTrackingService"]

@@ -25,29 +25,39 @@ When a stream's buffer flushes
 
 Delivery is synchronous: when any of the calls above returns, the updates have reached every
 subscriber: each update goes to ``get_token_stream(execution_id, node_id)``, then
-``get_token_stream(execution_id)``, then ``get_global_token_stream()`` subscribers. A
-subscriber that raises is logged on ``streaming_module.tokens`` and stays subscribed; the other
-subscribers and the stream carry on.
+``get_token_stream(execution_id)``, then ``get_global_token_stream()`` subscribers, through the
+services' :class:`~streaming_module.services.hub.Hub`. A subscriber that raises is logged on
+``streaming_module.tokens`` and stays subscribed; the other subscribers and the stream carry on.
 
 Order
-    All emissions go through one outbox drained in FIFO order, so updates reach subscribers in
-    sequence-number order even when a subscriber itself streams, flushes or closes from inside
-    its callback (the nested work is queued and delivered right after the current update, so
-    such a nested ``flush_tokens`` returns before its updates are delivered), or when the flush
-    timer and an explicit flush meet (the buffer is drained atomically; the later one finds it
-    empty and emits nothing).
+    All emissions go through the hub's queue, drained in FIFO order, so updates reach
+    subscribers in sequence-number order even when a subscriber itself streams, flushes or
+    closes from inside its callback (the nested work is queued and delivered right after the
+    current update, so such a nested ``flush_tokens`` returns before its updates are
+    delivered), or when the flush timer and an explicit flush meet (the buffer is drained
+    atomically; the later one finds it empty and emits nothing).
+
+Sequence numbers
+    ``metadata.sequence_number`` counts the token updates of the execution, all its nodes
+    together, from 1 (see :class:`~streaming_module.types.StreamMetadata`): the execution's
+    stream sees 1, 2, 3, ...; a node's stream sees rising numbers. The numbering is kept while
+    the execution has an open stream and after its last one closed, until
+    ``close_execution_token_streams`` (or ``aclose``); an execution left without an open stream
+    for ``stream_idle_timeout_ms`` is forgotten too (checked when a stream opens and by the idle
+    sweep; with a timeout of 0 the numbering is kept until ``close_execution_token_streams``).
 
 Lifecycles
     ``get_token_stream`` may be called, and subscribed to, before the stream is initialised: it
-    receives everything emitted after the subscription. Subjects (the fan-out lists behind these
-    Observables) are created when the first subscriber arrives and removed when their last
+    receives everything emitted after the subscription. The fan-out lists behind these
+    Observables are created when the first subscriber arrives and removed when their last
     subscriber leaves or when they complete, so memory follows subscribers, not executions.
     ``close_token_stream`` completes that node's stream; ``close_execution_token_streams``
-    completes the execution's node streams and its execution-level stream. A subscriber arriving
-    after that waits for a new stream with the same ids. Re-initialising an open stream flushes
+    completes the execution's node streams and its execution-level stream. Subscribing again to
+    an Observable whose stream has completed completes at once; ``get_token_stream`` again gives
+    one that waits for a new stream with the same ids. Re-initialising an open stream flushes
     what it buffered under the old config, then applies the new config; its counters, token
-    index and sequence numbers carry on. After close, initialising the same ids starts afresh
-    (sequence numbers from 1).
+    index and sequence numbers carry on. After close, initialising the same ids starts a new
+    stream (counters and token index from 0; sequence numbers go on as described above).
 
 Threading: call the service from its event loop's thread (it is not thread-safe; from another
 thread use ``loop.call_soon_threadsafe``).
@@ -57,12 +67,12 @@ from __future__ import annotations
 
 import logging
 import random
-from collections import deque
-from collections.abc import Hashable, Mapping
+from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import reactivex
 from reactivex import Observable
@@ -70,18 +80,16 @@ from reactivex.abc import DisposableBase, ObserverBase, SchedulerBase
 from reactivex.disposable import Disposable
 
 from streaming_module.config import StreamingModuleOptions, StreamTokenOptions, parse_options
-from streaming_module.core.clock import Clock, SystemClock, TimerHandle
+from streaming_module.core.clock import Clock, TimerHandle
 from streaming_module.core.rate import RateMeter
 from streaming_module.core.token_buffer import TokenBuffer, TokenCounters
 from streaming_module.errors import StreamingError, TokenStreamingError
-from streaming_module.services._ids import require_id
+from streaming_module.services._base import ServiceBase
 from streaming_module.services._streams import ObservableAsyncIterator, observable_to_async_iter
+from streaming_module.services.hub import Channel
 from streaming_module.types import StreamEventType, StreamMetadata, StreamUpdate, TokenData
 
 logger = logging.getLogger("streaming_module.tokens")
-
-T = TypeVar("T")
-K = TypeVar("K", bound=Hashable)
 
 TokenUpdate = StreamUpdate[TokenData]
 
@@ -94,12 +102,6 @@ in ``[0, FLUSH_JITTER)``: never later than ``flush_interval``, and desynchronise
 started together (see the module docstring)."""
 
 _TOKEN = StreamEventType.TOKEN
-
-# Outbox entry kinds.
-_UPDATE = 0
-_COMPLETE_NODE = 1
-_COMPLETE_EXECUTION = 2
-_COMPLETE_ALL = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,37 +158,6 @@ class TokenStatistics:
     timestamp: datetime
 
 
-class _Channel(Generic[T]):
-    """A minimal Subject: synchronous fan-out that isolates subscribers from each other's
-    exceptions (a reactivex ``Subject`` stops at the first raising observer)."""
-
-    __slots__ = ("name", "observers")
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        # Copy-on-write tuple: subscribing or leaving during an emission is safe.
-        self.observers: tuple[ObserverBase[T], ...] = ()
-
-    def emit(self, value: T) -> None:
-        for observer in self.observers:
-            try:
-                observer.on_next(value)
-            except Exception:
-                logger.exception(
-                    "a subscriber of %s raised on an update; it stays subscribed and the "
-                    "other subscribers still receive the update",
-                    self.name,
-                )
-
-    def complete(self) -> None:
-        observers, self.observers = self.observers, ()
-        for observer in observers:
-            try:
-                observer.on_completed()
-            except Exception:
-                logger.exception("a subscriber of %s raised on completion", self.name)
-
-
 class _Stream:
     """One open stream: its buffer plus what the service needs around it."""
 
@@ -236,11 +207,7 @@ class _Stream:
         return f"{self.execution_id}:{self.node_id}"
 
 
-def _check_id(value: object, what: str) -> str:
-    return require_id(value, what, TokenStreamingError, "invalid_argument")
-
-
-class TokenStreamingService:
+class TokenStreamingService(ServiceBase[TokenData]):
     """Buffers each ``(execution_id, node_id)`` stream's tokens and emits them as
     ``StreamUpdate[TokenData]`` updates to reactivex Observables (and their async-iterator
     twins). See the module docstring for when buffers flush, ordering and lifecycles.
@@ -252,36 +219,29 @@ class TokenStreamingService:
     stream opened, none per token).
     """
 
+    error_type = TokenStreamingError
+    _hub_name = "token stream"
+    _logger = logger
+
     def __init__(
         self,
         options: StreamingModuleOptions | Mapping[str, Any] | None = None,
         clock: Clock | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        self._options = parse_options(
-            StreamingModuleOptions, options, what="streaming module options"
-        )
-        self._clock: Clock = clock if clock is not None else SystemClock()
+        super().__init__(options, clock)
         self._rng = rng if rng is not None else random.Random()
-        self._max_token_length = self._options.max_token_length
-        self._idle_timeout = self._options.stream_idle_timeout_ms / 1000.0
+        self._max_token_length = self.options.max_token_length
+        self._idle_timeout = self.options.stream_idle_timeout_ms / 1000.0
         self._streams: dict[tuple[str, str], _Stream] = {}
         self._by_execution: dict[str, dict[str, _Stream]] = {}
-        self._global: _Channel[TokenUpdate] = _Channel("the global token stream")
-        self._execution_channels: dict[str, _Channel[TokenUpdate]] = {}
-        self._node_channels: dict[tuple[str, str], _Channel[TokenUpdate]] = {}
-        self._stats_channel: _Channel[TokenStatistics] = _Channel("the token statistics")
-        self._outbox: deque[tuple[int, Any, Any]] = deque()
-        self._delivering = False
+        # Executions whose last stream closed, with when (monotonic), oldest first: their
+        # numbering is forgotten after the idle timeout (see "Sequence numbers").
+        self._idle_executions: OrderedDict[str, float] = OrderedDict()
+        self._stats_channel: Channel[TokenStatistics] = Channel("the token statistics", logger)
         self._retired = TokenCounters()
-        self._rate = RateMeter(self._clock, window=RATE_WINDOW_SECONDS)
+        self._rate = RateMeter(self.clock, window=RATE_WINDOW_SECONDS)
         self._sweep_timer: TimerHandle | None = None
-        self._closed = False
-
-    @property
-    def options(self) -> StreamingModuleOptions:
-        """The validated module options this service runs with."""
-        return self._options
 
     # ------------------------------------------------------------------ lifecycle of a stream
 
@@ -298,11 +258,12 @@ class TokenStreamingService:
         applies the new one (counters and sequence numbers carry on).
 
         Raises :class:`StreamingConfigError` for a bad config (naming each bad key) and
-        :class:`TokenStreamingError` for bad ids or a closed service.
+        :class:`TokenStreamingError` for bad ids (code ``invalid_id``) or a closed service
+        (code ``service_closed``).
         """
         self._check_open("initialize_token_stream")
-        _check_id(execution_id, "execution_id")
-        _check_id(node_id, "node_id")
+        self._check_id(execution_id, "execution_id")
+        self._check_id(node_id, "node_id")
         parsed = parse_options(
             StreamTokenOptions, config, what=f"token stream config for {execution_id}:{node_id}"
         )
@@ -312,22 +273,26 @@ class TokenStreamingService:
         if stream is not None:
             self._flush(stream)
             stream.config = resolved
-            stream.buffer.configure(resolved, default_buffer_size=self._options.default_buffer_size)
+            stream.buffer.configure(resolved, default_buffer_size=self.options.default_buffer_size)
             stream.buffer_size = stream.buffer.buffer_size
             stream.interval = resolved.flush_interval / 1000.0 * stream.interval_scale
             logger.debug("re-initialised token stream %s", stream.stream_key)
             return
+        monotonic = self.clock.monotonic()
         stream = _Stream(
             execution_id,
             node_id,
             resolved,
-            self._options.default_buffer_size,
-            self._clock.now(),
-            self._clock.monotonic(),
+            self.options.default_buffer_size,
+            self.clock.now(),
+            monotonic,
             1.0 - FLUSH_JITTER * self._rng.random(),
         )
         self._streams[key] = stream
         self._by_execution.setdefault(execution_id, {})[node_id] = stream
+        if self._idle_executions:
+            self._idle_executions.pop(execution_id, None)
+            self._forget_idle_executions(monotonic)
         if self._sweep_timer is None and self._idle_timeout > 0:
             self._schedule_sweep()
         logger.debug("initialised token stream %s", stream.stream_key)
@@ -336,9 +301,9 @@ class TokenStreamingService:
     def _resolve(self, config: StreamTokenOptions) -> StreamTokenOptions:
         update: dict[str, Any] = {}
         if config.buffer_size is None:
-            update["buffer_size"] = self._options.default_buffer_size
+            update["buffer_size"] = self.options.default_buffer_size
         if "flush_interval" not in config.model_fields_set:
-            update["flush_interval"] = self._options.default_flush_interval
+            update["flush_interval"] = self.options.default_flush_interval
         return config.model_copy(update=update) if update else config
 
     def stream_token(
@@ -383,16 +348,23 @@ class TokenStreamingService:
         if buffered >= stream.buffer_size:
             self._flush(stream)
         elif buffered == 1 and stream.interval > 0:
-            stream.timer = self._clock.call_later(stream.interval, partial(self._on_timer, stream))
+            stream.timer = self.clock.call_later(stream.interval, partial(self._on_timer, stream))
 
     async def flush_tokens(self, execution_id: str, node_id: str) -> None:
         """Emit what the stream has buffered. When it returns, those updates have reached the
         subscribers (unless called from inside a subscriber callback: then they follow right
-        after that callback, to keep order). A stream that is not open has nothing buffered:
-        this is then a no-op."""
+        after that callback, to keep order).
+
+        Raises :class:`TokenStreamingError` (code ``stream_not_found``, naming
+        ``execution_id:node_id``) when the stream is not open — never initialised, or already
+        closed — as :meth:`stream_token` does. After :meth:`aclose` it is a no-op (everything
+        was flushed then)."""
+        if self._closed:
+            return
         stream = self._lookup(execution_id, node_id)
-        if stream is not None:
-            self._flush(stream)
+        if stream is None:
+            raise self._no_stream(execution_id, node_id)
+        self._flush(stream)
 
     def close_token_stream(self, execution_id: str, node_id: str) -> None:
         """Flush the stream to its subscribers, then complete its node-level Observable and
@@ -403,25 +375,22 @@ class TokenStreamingService:
             return
         self._flush(stream)
         self._remove(stream)
-        self._outbox.append((_COMPLETE_NODE, stream.key, None))
-        self._pump()
+        self._hub.complete_node(execution_id, node_id)
         self._emit_stats()
 
     def close_execution_token_streams(self, execution_id: str) -> None:
         """Flush and close every stream of ``execution_id`` (in the order they were opened),
         then complete the execution-level Observable and any node-level Observable of that
-        execution still subscribed. Cost: O(streams of the execution + node subscriptions)."""
+        execution still subscribed, and forget the execution's numbering. Cost: O(streams of the
+        execution + node subscriptions of the execution)."""
         if self._closed:
             return
         streams = list(self._by_execution.get(execution_id, {}).values())
         for stream in streams:
             self._flush(stream)
             self._remove(stream)
-            self._outbox.append((_COMPLETE_NODE, stream.key, None))
-        for key in [k for k in self._node_channels if k[0] == execution_id]:
-            self._outbox.append((_COMPLETE_NODE, key, None))
-        self._outbox.append((_COMPLETE_EXECUTION, execution_id, None))
-        self._pump()
+        self._idle_executions.pop(execution_id, None)
+        self._hub.complete_execution(execution_id)
         if streams:
             self._emit_stats()
 
@@ -430,10 +399,12 @@ class TokenStreamingService:
         ``options.stream_idle_timeout_ms`` (no token and no flush); returns how many were
         closed (0 when the timeout is 0, which disables it). It also runs by itself every half
         timeout while streams are open, so an abandoned stream closes between one and two
-        timeouts after its last activity. Cost: O(open streams)."""
+        timeouts after its last activity. It also forgets the numbering of executions left
+        without an open stream for that long. Cost: O(open streams)."""
         if self._closed or self._idle_timeout <= 0:
             return 0
-        now = self._clock.monotonic()
+        now = self.clock.monotonic()
+        self._forget_idle_executions(now)
         stale: list[_Stream] = []
         for stream in self._streams.values():
             tokens_in = stream.buffer.tokens_in
@@ -448,13 +419,12 @@ class TokenStreamingService:
             logger.info(
                 "closing token stream %s: idle for more than %d ms",
                 stream.stream_key,
-                self._options.stream_idle_timeout_ms,
+                self.options.stream_idle_timeout_ms,
             )
             self._flush(stream)
             self._remove(stream)
-            self._outbox.append((_COMPLETE_NODE, stream.key, None))
+            self._hub.complete_node(stream.execution_id, stream.node_id)
         if stale:
-            self._pump()
             self._emit_stats()
         return len(stale)
 
@@ -468,8 +438,8 @@ class TokenStreamingService:
         for stream in list(self._streams.values()):
             self._flush(stream)
             self._remove(stream)
-        self._outbox.append((_COMPLETE_ALL, None, None))
-        self._pump()
+        self._idle_executions.clear()
+        self._hub.close(then=self._close_stats)
         self._closed = True
         if self._sweep_timer is not None:
             self._sweep_timer.cancel()
@@ -521,7 +491,7 @@ class TokenStreamingService:
             updates_emitted=totals.updates_emitted,
             buffered_tokens=buffered,
             tokens_per_second=self._rate.rate(),
-            timestamp=self._clock.now(),
+            timestamp=self.clock.now(),
         )
 
     # ------------------------------------------------------------------ Observables
@@ -534,17 +504,10 @@ class TokenStreamingService:
         stream closes (node level) or when ``close_execution_token_streams`` runs (both
         levels)."""
         self._check_open("get_token_stream")
-        _check_id(execution_id, "execution_id")
-        if node_id is None:
-            return self._observable(
-                self._execution_channels, execution_id, f"the token stream of {execution_id}"
-            )
-        _check_id(node_id, "node_id")
-        return self._observable(
-            self._node_channels,
-            (execution_id, node_id),
-            f"the token stream {execution_id}:{node_id}",
-        )
+        self._check_id(execution_id, "execution_id")
+        if node_id is not None:
+            self._check_id(node_id, "node_id")
+        return self._hub.stream(execution_id, node_id)
 
     def iter_token_stream(
         self,
@@ -567,14 +530,7 @@ class TokenStreamingService:
     def get_global_token_stream(self) -> Observable[TokenUpdate]:
         """Every token update of every stream; completes on :meth:`aclose`."""
         self._check_open("get_global_token_stream")
-        channel = self._global
-
-        def subscribe(
-            observer: ObserverBase[TokenUpdate], scheduler: SchedulerBase | None = None
-        ) -> DisposableBase:
-            return self._attach(channel, observer)
-
-        return reactivex.create(subscribe)
+        return self._hub.stream()
 
     def iter_global_token_stream(
         self, *, max_queue: int = 10_000
@@ -600,7 +556,7 @@ class TokenStreamingService:
                 observer.on_completed()
                 return Disposable()
             observer.on_next(self.token_statistics())
-            return self._attach(channel, observer)
+            return channel.attach(observer)
 
         return reactivex.create(subscribe)
 
@@ -613,39 +569,6 @@ class TokenStreamingService:
 
     # ------------------------------------------------------------------ internals
 
-    def _observable(
-        self, registry: dict[K, _Channel[TokenUpdate]], key: K, name: str
-    ) -> Observable[TokenUpdate]:
-        def subscribe(
-            observer: ObserverBase[TokenUpdate], scheduler: SchedulerBase | None = None
-        ) -> DisposableBase:
-            if self._closed:
-                observer.on_completed()
-                return Disposable()
-            channel = registry.get(key)
-            if channel is None:
-                channel = registry[key] = _Channel(name)
-            return self._attach(channel, observer, registry, key)
-
-        return reactivex.create(subscribe)
-
-    @staticmethod
-    def _attach(
-        channel: _Channel[T],
-        observer: ObserverBase[T],
-        registry: dict[Any, _Channel[T]] | None = None,
-        key: Any = None,
-    ) -> DisposableBase:
-        channel.observers = (*channel.observers, observer)
-
-        def leave() -> None:
-            channel.observers = tuple(o for o in channel.observers if o is not observer)
-            # The last subscriber gone: forget the channel so memory follows subscribers.
-            if registry is not None and not channel.observers and registry.get(key) is channel:
-                del registry[key]
-
-        return Disposable(leave)
-
     def _flush(self, stream: _Stream) -> None:
         timer = stream.timer
         if timer is not None:
@@ -654,76 +577,38 @@ class TokenStreamingService:
         batches = stream.buffer.drain()
         if not batches:
             return
-        clock = self._clock
+        clock = self.clock
         now = clock.now()
         stream.last_flush = now
         stream.last_activity = clock.monotonic()
         stream.seen_tokens_in = stream.buffer.tokens_in
         execution_id = stream.execution_id
         node_id = stream.node_id
-        key = stream.key
-        append = self._outbox.append
+        hub = self._hub
         count = 0
+        # Queued, then delivered as one step: nothing a subscriber streams meanwhile can come
+        # between two batches of this flush.
         for batch in batches:
+            sequence = hub.next_sequence(execution_id)
             extra = batch.extra
             if extra is None:
-                metadata = StreamMetadata(now, batch.sequence_number, execution_id, node_id)
+                metadata = StreamMetadata(now, sequence, execution_id, node_id)
             else:
-                metadata = StreamMetadata(
-                    now, batch.sequence_number, execution_id, node_id, None, **extra
-                )
-            append((_UPDATE, key, StreamUpdate(_TOKEN, batch.data, metadata)))
+                metadata = StreamMetadata(now, sequence, execution_id, node_id, None, **extra)
+            hub.enqueue(execution_id, node_id, StreamUpdate(_TOKEN, batch.data, metadata))
             count += batch.token_count
         self._rate.add(count)
-        self._pump()
+        hub.deliver()
         self._emit_stats()
 
-    def _pump(self) -> None:
-        """Deliver the outbox in FIFO order; a nested call (from a subscriber) leaves its work
-        to the outer loop, which keeps the order."""
-        if self._delivering:
-            return
-        self._delivering = True
-        try:
-            outbox = self._outbox
-            while outbox:
-                kind, key, update = outbox.popleft()
-                if kind == _UPDATE:
-                    channel = self._node_channels.get(key)
-                    if channel is not None:
-                        channel.emit(update)
-                    channel = self._execution_channels.get(key[0])
-                    if channel is not None:
-                        channel.emit(update)
-                    self._global.emit(update)
-                elif kind == _COMPLETE_NODE:
-                    channel = self._node_channels.pop(key, None)
-                    if channel is not None:
-                        channel.complete()
-                elif kind == _COMPLETE_EXECUTION:
-                    channel = self._execution_channels.pop(key, None)
-                    if channel is not None:
-                        channel.complete()
-                else:
-                    self._complete_all()
-        finally:
-            self._delivering = False
-
-    def _complete_all(self) -> None:
-        nodes, self._node_channels = self._node_channels, {}
-        executions, self._execution_channels = self._execution_channels, {}
-        for node_channel in list(nodes.values()):
-            node_channel.complete()
-        for execution_channel in list(executions.values()):
-            execution_channel.complete()
-        self._global.complete()
+    def _close_stats(self) -> None:
         stats = self._stats_channel
         if stats.observers:
             stats.emit(self.token_statistics())
         stats.complete()
 
     def _emit_stats(self) -> None:
-        if self._stats_channel.observers and not self._delivering:
+        if self._stats_channel.observers and not self._hub.delivering:
             self._stats_channel.emit(self.token_statistics())
 
     def _remove(self, stream: _Stream) -> None:
@@ -737,6 +622,8 @@ class TokenStreamingService:
             nodes.pop(stream.node_id, None)
             if not nodes:
                 del self._by_execution[stream.execution_id]
+                if self._idle_timeout > 0:
+                    self._idle_executions[stream.execution_id] = self.clock.monotonic()
         self._retired.add(stream.buffer.counters())
         if not self._streams and self._sweep_timer is not None:
             self._sweep_timer.cancel()
@@ -748,8 +635,19 @@ class TokenStreamingService:
         if self._streams.get(stream.key) is stream:
             self._flush(stream)
 
+    def _forget_idle_executions(self, now: float) -> None:
+        """Forget the numbering of executions without an open stream for the idle timeout.
+        O(executions forgotten): the oldest come first."""
+        idle = self._idle_executions
+        while idle:
+            execution_id, since = next(iter(idle.items()))
+            if now - since <= self._idle_timeout:
+                return
+            del idle[execution_id]
+            self._hub.release_sequence(execution_id)
+
     def _schedule_sweep(self) -> None:
-        self._sweep_timer = self._clock.call_later(self._idle_timeout / 2, self._on_sweep)
+        self._sweep_timer = self.clock.call_later(self._idle_timeout / 2, self._on_sweep)
 
     def _on_sweep(self) -> None:
         self._sweep_timer = None
@@ -766,18 +664,10 @@ class TokenStreamingService:
         except TypeError:
             return None
 
-    def _check_open(self, what: str) -> None:
-        if self._closed:
-            raise TokenStreamingError(
-                f"cannot {what}: this TokenStreamingService was closed (aclose); create a new "
-                "one, or restart the container",
-                code="service_closed",
-            )
-
     def _no_stream(self, execution_id: object, node_id: object) -> StreamingError:
         self._check_open("stream_token")
-        _check_id(execution_id, "execution_id")
-        _check_id(node_id, "node_id")
+        self._check_id(execution_id, "execution_id")
+        self._check_id(node_id, "node_id")
         key = f"{execution_id}:{node_id}"
         return TokenStreamingError(
             f"no open token stream {key!r}: call "
