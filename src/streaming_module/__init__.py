@@ -43,9 +43,9 @@ from streaming_module.errors import (
     WorkflowError,
 )
 from streaming_module.gateway.auth import Claims, JwtAuthenticator
-from streaming_module.gateway.bridge import WebSocketBridgeService
 from streaming_module.gateway.gateway import StreamingWebSocketGateway
 from streaming_module.module import StreamingModule
+from streaming_module.services.bridge import WebSocketBridgeService
 from streaming_module.services.event_processor import EventStreamProcessorService
 from streaming_module.services.progress_tracking import ProgressTracker, ProgressTrackingService
 from streaming_module.services.token_streaming import (
