@@ -1,4 +1,4 @@
-r"""A Python client for the streaming gateway that reconnects and resumes by itself.
+"""A Python client for the streaming gateway that reconnects and resumes by itself.
 
 ::
 
@@ -33,8 +33,8 @@ that far behind, the client stops reading the socket (back-pressure): the server
 slow-client policy (close ``CloseCode.SLOW_CONSUMER``), and the client resumes from its last
 sequence once the consumer catches up. Nothing is lost either way.
 
-The frames are :class:`~streaming_module.protocol.frames.Frame`\ s, the type the server sends,
-decoded; the messages the client sends are built by :mod:`streaming_module.protocol.messages`.
+Frames are yielded as :class:`~streaming_module.protocol.frames.Frame` objects, the type the
+server sends, decoded; what the client sends is built by :mod:`streaming_module.protocol.messages`.
 """
 
 from __future__ import annotations

@@ -25,8 +25,8 @@ Code Name                   Meaning / what a client should do
                             window. Back off, then reconnect.
 ==== ====================== ===============================================================
 
-``CloseCode`` members are ``int``\\ s, so they compare equal to the number a WebSocket library
-reports and can be passed wherever a close code is expected.
+``CloseCode`` members are integers: they compare equal to the number a WebSocket library reports
+and can be passed wherever a close code is expected.
 """
 
 from __future__ import annotations
