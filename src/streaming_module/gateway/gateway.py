@@ -111,7 +111,6 @@ class StreamingWebSocketGateway:
         self._connections: dict[str, ClientConnection] = {}
         self._index_handler: Handler | None = None
         self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
         self._port: int | None = None
         self._host: str | None = None
         self._accepting = True
@@ -162,7 +161,7 @@ class StreamingWebSocketGateway:
         except BaseException:
             await runner.cleanup()
             raise
-        self._runner, self._site = runner, site
+        self._runner = runner
         addresses = runner.addresses  # getsockname() of each listening socket
         self._port = int(addresses[0][1]) if addresses else port
         self._host = host
@@ -172,7 +171,7 @@ class StreamingWebSocketGateway:
         """Close every client with ``CloseCode.GOING_AWAY`` (after a short drain), stop serving,
         and leave no task running."""
         await self.close_all(CloseCode.GOING_AWAY, "server shutting down")
-        runner, self._runner, self._site = self._runner, None, None
+        runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
         self._port = None
