@@ -208,8 +208,8 @@ async def _ours_broadcast(messages: int) -> float:
 
 async def _ours_tokens(tokens: int, buffer_size: int = 50) -> float:
     from streaming_module.broker.memory import InMemoryBroker
-    from streaming_module.gateway.bridge import WebSocketBridgeService
     from streaming_module.gateway.gateway import StreamingWebSocketGateway
+    from streaming_module.services.bridge import WebSocketBridgeService
     from streaming_module.services.token_streaming import TokenStreamingService
 
     options = _options()

@@ -63,9 +63,9 @@ if TYPE_CHECKING:
         WorkflowError,
     )
     from streaming_module.gateway.auth import Claims, JwtAuthenticator
-    from streaming_module.gateway.bridge import WebSocketBridgeService
     from streaming_module.gateway.gateway import StreamingWebSocketGateway
     from streaming_module.module import StreamingModule
+    from streaming_module.services.bridge import WebSocketBridgeService
     from streaming_module.services.event_processor import EventStreamProcessorService
     from streaming_module.services.progress_tracking import ProgressTracker, ProgressTrackingService
     from streaming_module.services.token_streaming import (
@@ -126,7 +126,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
             "WebSocketError WorkflowError"
         ),
         "streaming_module.gateway.auth": "Claims JwtAuthenticator",
-        "streaming_module.gateway.bridge": "WebSocketBridgeService",
+        "streaming_module.services.bridge": "WebSocketBridgeService",
         "streaming_module.gateway.gateway": "StreamingWebSocketGateway",
         "streaming_module.module": "StreamingModule",
         "streaming_module.services.event_processor": "EventStreamProcessorService",

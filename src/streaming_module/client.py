@@ -13,8 +13,8 @@ jitter (a bounded number of attempts), subscribes again with ``lastSequence`` se
 sequence it delivered, and drops any frame it already delivered: a consumer sees no duplicate and,
 unless the server announces a ``gap``, no hole.
 
-Errors: a refused token (HTTP 401/403 at the upgrade, close code 4401/4403, or an ``error``
-reply with code ``unauthorized``/``forbidden``) raises
+Errors: a refused token (HTTP 401/403 at the upgrade, close code ``CloseCode.UNAUTHORIZED`` or
+``CloseCode.FORBIDDEN``, or an ``error`` reply with code ``unauthorized``/``forbidden``) raises
 :class:`~streaming_module.errors.AuthenticationError` or
 :class:`~streaming_module.errors.ForbiddenError` and is never retried; running out of reconnect
 attempts raises :class:`ReconnectFailedError`.
@@ -30,20 +30,21 @@ it is logged on ``streaming_module.client`` and kept in :attr:`StreamingClient.s
 
 Memory: each subscription buffers at most ``queue_size`` undelivered frames. When a consumer falls
 that far behind, the client stops reading the socket (back-pressure): the server then applies its
-slow-client policy (close 4008), and the client resumes from its last sequence once the consumer
-catches up. Nothing is lost either way.
+slow-client policy (close ``CloseCode.SLOW_CONSUMER``), and the client resumes from its last
+sequence once the consumer catches up. Nothing is lost either way.
+
+Frames are yielded as :class:`~streaming_module.protocol.frames.Frame` objects, the type the
+server sends, decoded; what the client sends is built by :mod:`streaming_module.protocol.messages`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
@@ -51,16 +52,18 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 
 from streaming_module.errors import AuthenticationError, ForbiddenError, WebSocketError
+from streaming_module.protocol.close_codes import CloseCode
+from streaming_module.protocol.frames import ERROR, GAP, PONG, REPLY_TYPES, SUBSCRIBED, Frame
+from streaming_module.protocol.json import loads
+from streaming_module.protocol.messages import (
+    encode_ping,
+    encode_subscribe,
+    encode_unsubscribe,
+)
 
 logger = logging.getLogger("streaming_module.client")
 
-FINAL_STATUSES: Final = frozenset({"completed", "failed", "cancelled"})
-ALL_EVENTS: Final = ("token", "event", "progress", "status")
-
-CLOSE_UNAUTHORIZED: Final = 4401
-CLOSE_FORBIDDEN: Final = 4403
-_FATAL_CLOSE_CODES: Final = frozenset({CLOSE_UNAUTHORIZED, CLOSE_FORBIDDEN})
-_REPLY_TYPES: Final = frozenset({"subscribed", "unsubscribed", "pong", "error"})
+_FATAL_CLOSE_CODES: Final = frozenset({CloseCode.UNAUTHORIZED, CloseCode.FORBIDDEN})
 SUBSCRIBE_ERROR_CODES: Final = frozenset(
     {"forbidden", "unauthorized", "invalid_payload", "bad_request", "too_many_subscriptions"}
 )
@@ -77,70 +80,6 @@ class ClientClosedError(WebSocketError):
     """The client was closed while a subscription was still open."""
 
     default_code = "client_closed"
-
-
-@dataclass(frozen=True, slots=True)
-class Frame:
-    """One server frame of an execution, as the wire protocol carries it.
-
-    ``payload`` is the frame's ``payload`` object; ``raw`` the whole decoded frame.
-    """
-
-    type: str
-    execution_id: str | None
-    sequence: int | None
-    payload: dict[str, Any]
-    timestamp: str | None = None
-    raw: dict[str, Any] = field(default_factory=dict, repr=False)
-
-    def __getitem__(self, key: str) -> Any:
-        """The decoded frame's fields by their wire names: ``frame["type"]``,
-        ``frame["payload"]``, ``frame["sequence"]``, ``frame["executionId"]``."""
-        return self.raw[key]
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.raw.get(key, default)
-
-    @property
-    def content(self) -> str:
-        """A token frame's text; ``""`` for every other frame."""
-        if self.type != "token":
-            return ""
-        value = self.payload.get("content", "")
-        return value if isinstance(value, str) else str(value)
-
-    @property
-    def status(self) -> str | None:
-        """A status frame's status (``started``, ``completed``, ``failed``, ``cancelled``)."""
-        if self.type != "status":
-            return None
-        value = self.payload.get("status")
-        return value if isinstance(value, str) else None
-
-    @property
-    def is_final(self) -> bool:
-        """Whether this is the run's last frame: a ``completed``/``failed``/``cancelled`` status."""
-        return self.status in FINAL_STATUSES
-
-    @classmethod
-    def from_message(cls, message: Mapping[str, Any]) -> Frame:
-        payload = message.get("payload")
-        execution_id = message.get("executionId")
-        if execution_id is None and isinstance(payload, Mapping):
-            execution_id = payload.get("executionId")
-        sequence = message.get("sequence")
-        return cls(
-            type=str(message.get("type", "")),
-            execution_id=execution_id if isinstance(execution_id, str) else None,
-            sequence=sequence
-            if isinstance(sequence, int) and not isinstance(sequence, bool)
-            else None,
-            payload=dict(payload) if isinstance(payload, Mapping) else {},
-            timestamp=message.get("timestamp")
-            if isinstance(message.get("timestamp"), str)
-            else None,
-            raw=dict(message),
-        )
 
 
 class _Inbox:
@@ -198,9 +137,10 @@ class _Inbox:
         return frame
 
 
-class Subscription:
-    """An execution's frames, delivered exactly once in sequence order. Iterate it with
-    ``async for``; iteration ends after the final status frame.
+class ExecutionStream:
+    """An execution's frames, delivered exactly once in sequence order: what
+    :meth:`StreamingClient.subscribe` returns. Iterate it with ``async for``; iteration ends after
+    the final status frame.
 
     ``last_sequence`` is the sequence of the last frame delivered (what a resume starts after).
     """
@@ -244,10 +184,10 @@ class Subscription:
 
     def _accept(self, frame: Frame) -> bool:
         """Whether ``frame`` is new; advances ``last_sequence``."""
-        if frame.type == "gap":
+        if frame.type == GAP:
             # The gateway's gap carries `sequence` = `to`: judge it by `to`, so that moving
             # past it does not make it look like a duplicate of itself.
-            to = frame.payload.get("to", frame.raw.get("to", frame.sequence))
+            to = _payload_field(frame, "to", frame.sequence)
             if not isinstance(to, int):
                 return True
             if self.last_sequence is not None and to <= self.last_sequence:
@@ -255,7 +195,7 @@ class Subscription:
                 return False
             self.last_sequence = to
             return True
-        if frame.sequence is None:
+        if not frame.sequence:  # 0: not sequenced
             return True
         if self.last_sequence is not None and frame.sequence <= self.last_sequence:
             self.duplicates_dropped += 1
@@ -275,6 +215,11 @@ class Subscription:
         if not self._ack.done():
             self._ack.set_result(None)
         self._inbox.close()
+
+
+def _payload_field(frame: Frame, name: str, default: Any = None) -> Any:
+    payload = frame.payload
+    return payload.get(name, default) if isinstance(payload, Mapping) else default
 
 
 def _ws_url(url: str) -> str:
@@ -349,7 +294,7 @@ class StreamingClient:
         self._session = session
         self._owns_session = session is None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
-        self._subs: dict[str, Subscription] = {}
+        self._subs: dict[str, ExecutionStream] = {}
         self._send_lock = asyncio.Lock()
         self._runner: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
@@ -389,13 +334,13 @@ class StreamingClient:
         self._runner = asyncio.create_task(self._run(), name="streaming-client-reader")
 
     async def close(self) -> None:
-        """Close the socket with 1000 and stop every task (idempotent).
+        """Close the socket (``CloseCode.NORMAL``) and stop every task (idempotent).
         Open subscriptions end with :class:`ClientClosedError`."""
         self._closing = True
         ws = self._ws
         if ws is not None and not ws.closed:
             with contextlib.suppress(Exception):
-                await ws.close()
+                await ws.close(code=CloseCode.NORMAL)
         if self._runner is not None:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -415,7 +360,7 @@ class StreamingClient:
         execution_id: str,
         events: Iterable[str] | None = None,
         last_sequence: int | None = None,
-    ) -> Subscription:
+    ) -> ExecutionStream:
         """Subscribe to ``execution_id`` and wait for the server's ``subscribed`` reply.
 
         ``events`` selects among ``token``, ``event``, ``progress`` and ``status`` frames
@@ -435,7 +380,7 @@ class StreamingClient:
                 f"already subscribed to execution {execution_id!r} on this client",
                 code="already_subscribed",
             )
-        sub = Subscription(
+        sub = ExecutionStream(
             self,
             execution_id,
             tuple(events) if events is not None else None,
@@ -488,36 +433,27 @@ class StreamingClient:
 
     async def ping(self) -> None:
         """Send a protocol-level ``ping`` (the server answers ``pong``)."""
-        await self._send({"type": "ping", "payload": {}})
+        await self._send(encode_ping())
 
     # ------------------------------------------------------------------ internals
 
-    async def _unsubscribe(self, sub: Subscription) -> None:
+    async def _unsubscribe(self, sub: ExecutionStream) -> None:
         if self._subs.get(sub.execution_id) is sub:
             del self._subs[sub.execution_id]
             if self.connected:
                 with contextlib.suppress(Exception):
-                    await self._send(
-                        {
-                            "type": "unsubscribe_execution",
-                            "payload": {"executionId": sub.execution_id},
-                        }
-                    )
+                    await self._send(encode_unsubscribe(sub.execution_id))
         sub._end()
 
-    async def _send(self, message: Mapping[str, Any]) -> None:
+    async def _send(self, text: str) -> None:
         ws = self._ws
         if ws is None or ws.closed:
             return  # the reconnect re-sends what matters (subscriptions)
         async with self._send_lock:
-            await ws.send_str(json.dumps(message, separators=(",", ":")))
+            await ws.send_str(text)
 
-    async def _send_subscribe(self, sub: Subscription, last_sequence: int | None) -> None:
-        payload: dict[str, Any] = {"executionId": sub.execution_id}
-        payload["events"] = list(sub.events) if sub.events is not None else list(ALL_EVENTS)
-        if last_sequence is not None:
-            payload["lastSequence"] = last_sequence
-        await self._send({"type": "subscribe_execution", "payload": payload})
+    async def _send_subscribe(self, sub: ExecutionStream, last_sequence: int | None) -> None:
+        await self._send(encode_subscribe(sub.execution_id, sub.events, last_sequence))
 
     def _delay(self, attempt: int) -> float:
         base = min(self.backoff_max, self.backoff_initial * self.backoff_factor**attempt)
@@ -588,12 +524,12 @@ class StreamingClient:
                 if code in _FATAL_CLOSE_CODES:
                     error: WebSocketError = (
                         AuthenticationError(
-                            "the gateway closed the connection with 4401: the token is missing, "
-                            "expired or invalid"
+                            f"the gateway closed the connection with {int(code)}: the token is "
+                            "missing, expired or invalid"
                         )
-                        if code == CLOSE_UNAUTHORIZED
+                        if code == CloseCode.UNAUTHORIZED
                         else ForbiddenError(
-                            "the gateway closed the connection with 4403: not allowed"
+                            f"the gateway closed the connection with {int(code)}: not allowed"
                         )
                     )
                     self._fail_all(error)
@@ -630,7 +566,7 @@ class StreamingClient:
         async for msg in ws:
             if msg.type is aiohttp.WSMsgType.TEXT:
                 try:
-                    message = json.loads(msg.data)
+                    message = loads(msg.data)
                 except ValueError:
                     logger.warning("ignoring a frame that is not JSON")
                     continue
@@ -642,10 +578,10 @@ class StreamingClient:
 
     async def _dispatch(self, message: dict[str, Any]) -> None:
         frame = Frame.from_message(message)
-        if frame.type in _REPLY_TYPES:
+        if frame.type in REPLY_TYPES:
             self._on_reply(frame)
             return
-        sub = self._subs.get(frame.execution_id) if frame.execution_id is not None else None
+        sub = self._subs.get(frame.execution_id)
         if sub is None or not sub._accept(frame):
             return
         if not sub._ack.done():
@@ -653,28 +589,28 @@ class StreamingClient:
             sub._ack.set_result(None)
         await sub._inbox.put(frame)
         if frame.is_final:
-            self._subs.pop(frame.execution_id or "", None)
+            self._subs.pop(frame.execution_id, None)
             sub.finished = True
             sub._inbox.close()
 
     def _on_reply(self, frame: Frame) -> None:
-        if frame.type == "pong":
+        if frame.type == PONG:
             return
-        sub = self._subs.get(frame.execution_id) if frame.execution_id is not None else None
+        sub = self._subs.get(frame.execution_id)
         if sub is None and (
-            frame.type == "subscribed"
-            or (frame.type == "error" and frame.payload.get("code") in SUBSCRIBE_ERROR_CODES)
+            frame.type == SUBSCRIBED
+            or (frame.type == ERROR and _payload_field(frame, "code") in SUBSCRIBE_ERROR_CODES)
         ):
             # A reply without an execution id answers the oldest subscription still waiting
             # (the gateway answers in order); any other error is not about a subscribe.
             sub = next((s for s in self._subs.values() if not s._ack.done()), None)
-        if frame.type == "subscribed":
+        if frame.type == SUBSCRIBED:
             if sub is not None and not sub._ack.done():
                 sub._ack.set_result(None)
             return
-        if frame.type == "error":
-            code = str(frame.payload.get("code", "error"))
-            text = str(frame.payload.get("message", "the server reported an error"))
+        if frame.type == ERROR:
+            code = str(_payload_field(frame, "code", "error"))
+            text = str(_payload_field(frame, "message", "the server reported an error"))
             if sub is None:
                 logger.warning("server error %s: %s", code, text)
                 self.server_errors.append(WebSocketError(text, code=code))
@@ -693,8 +629,8 @@ class StreamingClient:
 __all__ = [
     "SUBSCRIBE_ERROR_CODES",
     "ClientClosedError",
+    "ExecutionStream",
     "Frame",
     "ReconnectFailedError",
     "StreamingClient",
-    "Subscription",
 ]

@@ -28,7 +28,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from streaming_module.errors import StreamingConfigError
+from streaming_module.errors import StreamingConfigError, describe_validation_error
 from streaming_module.types import (
     DeliveryMode,
     EventPriority,
@@ -440,23 +440,6 @@ class StreamingModuleOptions(OptionsModel):
     )
 
 
-def _format_errors(exc: ValidationError) -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
-    for err in exc.errors(include_url=False):
-        path = ".".join(str(p) for p in err["loc"]) or "(root)"
-        if err["type"] == "extra_forbidden":
-            msg = f"unknown option {err['loc'][-1]!r}; check the spelling or remove it"
-        else:
-            msg = err["msg"]
-            if "input" in err and err["type"] not in ("missing",):
-                shown = repr(err["input"])
-                if len(shown) > 60:
-                    shown = shown[:57] + "..."
-                msg = f"{msg} (got {shown})"
-        out.append((path, msg))
-    return out
-
-
 def parse_options(model: type[M], value: M | Mapping[str, Any] | None, *, what: str) -> M:
     """Validate ``value`` as ``model``: a model instance passes through, a mapping (snake_case or
     camelCase keys) is validated, ``None`` gives the defaults. Raises :class:`StreamingConfigError`
@@ -475,7 +458,7 @@ def parse_options(model: type[M], value: M | Mapping[str, Any] | None, *, what: 
     try:
         return model.model_validate(dict(value))
     except ValidationError as exc:
-        errors = _format_errors(exc)
+        errors = describe_validation_error(exc)
         lines = "\n".join(f"  - {path}: {msg}" for path, msg in errors)
         raise StreamingConfigError(
             f"invalid {what} ({len(errors)} problem{'s' if len(errors) != 1 else ''}):\n{lines}",

@@ -20,10 +20,10 @@ from dependency_injector import containers, providers
 from streaming_module.broker import create_broker
 from streaming_module.config import StreamingModuleOptions
 from streaming_module.core.clock import SystemClock
-from streaming_module.gateway.bridge import WebSocketBridgeService
 from streaming_module.gateway.gateway import StreamingWebSocketGateway
 from streaming_module.gateway.server import serve
 from streaming_module.services import registry
+from streaming_module.services.bridge import WebSocketBridgeService
 from streaming_module.services.event_processor import EventStreamProcessorService
 from streaming_module.services.progress_tracking import ProgressTrackingService
 from streaming_module.services.token_streaming import TokenStreamingService

@@ -6,7 +6,12 @@ Messages say what failed and how to fix it. Catch :class:`StreamingError` to cat
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from streaming_module.protocol.close_codes import CloseCode
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 
 class StreamingError(Exception):
@@ -102,7 +107,7 @@ class WebSocketError(StreamingError):
     """
 
     default_code = "websocket_error"
-    default_close_code: int | None = None
+    default_close_code: CloseCode | None = None
 
     def __init__(
         self,
@@ -113,28 +118,30 @@ class WebSocketError(StreamingError):
         close_code: int | None = None,
     ) -> None:
         super().__init__(message, code=code, context=context)
-        self.close_code = close_code if close_code is not None else self.default_close_code
+        self.close_code: int | None = (
+            close_code if close_code is not None else self.default_close_code
+        )
 
 
 class AuthenticationError(WebSocketError):
     """The JWT was missing, expired, forged or used a refused algorithm."""
 
     default_code = "unauthorized"
-    default_close_code = 4401
+    default_close_code = CloseCode.UNAUTHORIZED
 
 
 class ForbiddenError(WebSocketError):
     """The client is authenticated but may not do this (e.g. subscribe to that execution)."""
 
     default_code = "forbidden"
-    default_close_code = 4403
+    default_close_code = CloseCode.FORBIDDEN
 
 
 class RateLimitError(WebSocketError):
     """A connection or request rate limit was exceeded."""
 
     default_code = "rate_limited"
-    default_close_code = 4429
+    default_close_code = CloseCode.RATE_LIMITED
 
 
 class ProtocolError(WebSocketError):
@@ -147,6 +154,38 @@ class ClientNotFoundError(WebSocketError):
     """``send_to_client`` named a client id that is not connected."""
 
     default_code = "client_not_found"
+
+
+INPUT_SHOWN_CHARS = 60
+"""Longest ``repr`` of a bad input quoted in a validation problem."""
+
+
+def describe_validation_error(
+    exc: ValidationError,
+    *,
+    root: str = "(root)",
+    limit: int | None = None,
+    show_input: bool = True,
+) -> list[tuple[str, str]]:
+    """Every problem pydantic found, as ``(path, message)``: the path dotted (``root`` when the
+    problem is the whole value), pydantic's message followed by ``(got <input>)`` when
+    ``show_input`` (at most :data:`INPUT_SHOWN_CHARS` characters; never for a missing field),
+    and an unknown key of an ``extra="forbid"`` model named with what to do. At most ``limit``
+    problems. Options errors and protocol errors are both worded by it."""
+    out: list[tuple[str, str]] = []
+    for err in exc.errors(include_url=False)[:limit]:
+        path = ".".join(str(p) for p in err["loc"]) or root
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown option {err['loc'][-1]!r}; check the spelling or remove it"
+        else:
+            msg = err["msg"]
+            if show_input and "input" in err and err["type"] != "missing":
+                shown = repr(err["input"])
+                if len(shown) > INPUT_SHOWN_CHARS:
+                    shown = shown[: INPUT_SHOWN_CHARS - 3] + "..."
+                msg = f"{msg} (got {shown})"
+        out.append((path, msg))
+    return out
 
 
 __all__ = [
@@ -166,4 +205,5 @@ __all__ = [
     "TokenStreamingError",
     "WebSocketError",
     "WorkflowError",
+    "describe_validation_error",
 ]

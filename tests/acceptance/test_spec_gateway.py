@@ -31,7 +31,7 @@ from acceptance_support import (
 )
 
 from streaming_module import StreamingError, WebSocketError
-from streaming_module.core import close_codes
+from streaming_module.protocol.close_codes import CloseCode
 
 WORDS = [f"w{i} " for i in range(40)]
 SECRET = "acceptance-secret-" + "s" * 40
@@ -489,7 +489,7 @@ async def test_an_oversized_frame_closes_with_1009_and_others_keep_streaming() -
                     for _ in range(10):
                         await asyncio.wait_for(big.recv(), TIMEOUT)
                 assert closed.value.rcvd is not None
-                assert closed.value.rcvd.code == close_codes.MESSAGE_TOO_BIG
+                assert closed.value.rcvd.code == CloseCode.MESSAGE_TOO_BIG
             await app_run(server.container, "big", WORDS[:5])
             assert text_of(await recv_until(healthy)) == "".join(WORDS[:5])
             await healthy.close()
@@ -512,7 +512,7 @@ async def test_a_request_flood_closes_with_4429_and_others_keep_streaming() -> N
         assert reply["type"] == "error" and reply["payload"]["code"] == "rate_limited"
         closing = await flooder.receive(timeout=TIMEOUT)
         assert closing.type is aiohttp.WSMsgType.CLOSE
-        assert flooder.close_code == close_codes.RATE_LIMITED
+        assert flooder.close_code == CloseCode.RATE_LIMITED
         await app_run(server.container, "flood", WORDS[:5])
         assert text_of(await recv_until(healthy)) == "".join(WORDS[:5])
         await healthy.close()
@@ -675,7 +675,7 @@ async def test_heartbeat_closes_a_silent_peer_and_keeps_an_answering_one() -> No
             break
         assert pinged
         assert msg.type is aiohttp.WSMsgType.CLOSE, msg
-        assert silent.close_code == close_codes.HEARTBEAT_TIMEOUT
+        assert silent.close_code == CloseCode.HEARTBEAT_TIMEOUT
         await asyncio.sleep(0.5)  # several intervals: the answering peer stays
         await live.send(json.dumps({"type": "ping"}))
         assert json.loads(await asyncio.wait_for(live.recv(), TIMEOUT))["type"] == "pong"
@@ -736,7 +736,7 @@ async def test_graceful_shutdown_closes_clients_with_1001_and_leaves_no_task() -
         assert msg.type is aiohttp.WSMsgType.CLOSE
         # (aiohttp's client reports 1006 in close_code when its own close reply finds the
         # socket already gone; the code the server sent is the message's.)
-        assert msg.data == close_codes.GOING_AWAY, msg
+        assert msg.data == CloseCode.GOING_AWAY, msg
         assert text_of(frames) == "buffered text"
         await ws.close()
     finally:

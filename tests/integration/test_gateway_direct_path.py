@@ -18,14 +18,10 @@ import websockets
 from gateway_support import TIMEOUT, recv, recv_until, running_gateway, subscribe
 from gateway_support import wait_for as wait_until
 
-from streaming_module.broker.base import Frame
 from streaming_module.core.clock import FakeClock
-from streaming_module.core.codec import ws_text_frame
-from streaming_module.gateway.connection import (
-    DIRECT_WRITE_LIMIT,
-    ClientConnection,
-    direct_transport,
-)
+from streaming_module.gateway._aiohttp import direct_transport, ws_frame, ws_text_frame
+from streaming_module.gateway.connection import DIRECT_WRITE_LIMIT, ClientConnection
+from streaming_module.protocol.frames import Frame
 
 # ---------------------------------------------------------------------- a fake aiohttp socket
 
@@ -107,9 +103,9 @@ async def test_an_idle_uncompressed_connection_gets_the_pre_framed_bytes_directl
     frames = [_frame(i) for i in range(1, 4)]
     for frame in frames:
         conn.deliver(frame)
-    assert ws.out == [("direct", frame.ws_frame()) for frame in frames]
-    assert frames[0].ws_frame() == ws_text_frame(frames[0].encoded())
-    assert frames[0].ws_frame() is frames[0].ws_frame()  # framed once per broadcast
+    assert ws.out == [("direct", ws_frame(frame)) for frame in frames]
+    assert ws_frame(frames[0]) == ws_text_frame(frames[0].encoded())
+    assert ws_frame(frames[0]) is ws_frame(frames[0])  # framed once per broadcast
     assert conn.direct_writes == 3 and conn.frames_sent == 3 and conn.queued == 0
     assert conn.info()["directWrites"] == 3
     await conn.aclose()

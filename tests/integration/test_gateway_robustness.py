@@ -17,12 +17,12 @@ from gateway_support import TIMEOUT, make_options, recv, recv_until, running_gat
 from gateway_support import wait_for as wait_until
 
 from streaming_module.broker.memory import InMemoryBroker
-from streaming_module.core import close_codes
 from streaming_module.core.clock import FakeClock
-from streaming_module.gateway import connection as connection_module
-from streaming_module.gateway.bridge import WebSocketBridgeService
 from streaming_module.gateway.gateway import StreamingWebSocketGateway
 from streaming_module.gateway.server import serve
+from streaming_module.protocol import coalesce as coalesce_module
+from streaming_module.protocol.close_codes import CloseCode
+from streaming_module.services.bridge import WebSocketBridgeService
 from streaming_module.services.event_processor import EventStreamProcessorService
 from streaming_module.services.progress_tracking import ProgressTrackingService
 from streaming_module.services.token_streaming import TokenStreamingService
@@ -80,7 +80,7 @@ async def test_a_flood_of_bad_frames_gets_errors_while_others_keep_streaming() -
             await bad.send_str("x" * 2000)  # over max_message_size
             closing = await bad.receive(timeout=TIMEOUT)
             assert closing.type is aiohttp.WSMsgType.CLOSE
-            assert closing.data == close_codes.MESSAGE_TOO_BIG
+            assert closing.data == CloseCode.MESSAGE_TOO_BIG
             await producer
             messages = await recv_until(healthy, _is_final)
             assert _text(messages) == "".join(f"{i} " for i in range(300))
@@ -93,7 +93,7 @@ async def test_a_flood_of_bad_frames_gets_errors_while_others_keep_streaming() -
 async def test_a_stalled_client_stays_within_its_bound_and_never_delays_a_healthy_one(
     policy: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(connection_module, "COALESCE_MAX_CHARS", 1024 * 1024)  # < client limit
+    monkeypatch.setattr(coalesce_module, "COALESCE_MAX_CHARS", 1024 * 1024)  # < client limit
     queue_size = 64
     frames, size = 12000, 1000
     async with (
@@ -156,8 +156,8 @@ async def test_a_stalled_client_stays_within_its_bound_and_never_delays_a_health
                 close_code = msg.data if msg.type is aiohttp.WSMsgType.CLOSE else msg.type
                 break
         if policy == "disconnect":
-            assert close_code == close_codes.SLOW_CONSUMER
-            assert stalled_conn.close_code == close_codes.SLOW_CONSUMER
+            assert close_code == CloseCode.SLOW_CONSUMER
+            assert stalled_conn.close_code == CloseCode.SLOW_CONSUMER
             last = received[-1]["sequence"]
             async with session.ws_connect(server.ws_url) as again:
                 await subscribe(again, "big", lastSequence=last)
@@ -198,7 +198,7 @@ async def test_heartbeat_closes_a_silent_peer_and_keeps_a_live_one() -> None:
                     assert ping.type is aiohttp.WSMsgType.PING
                     closing = await silent.receive(timeout=TIMEOUT)
                     assert closing.type is aiohttp.WSMsgType.CLOSE
-                    assert closing.data == close_codes.HEARTBEAT_TIMEOUT
+                    assert closing.data == CloseCode.HEARTBEAT_TIMEOUT
             await wait_until(lambda: server.gateway.connection_count == 1)
             assert server.gateway.get_connection(silent_id) is None
             assert not alive.closed
@@ -300,7 +300,7 @@ async def test_graceful_stop_closes_clients_with_1001_and_leaves_no_task() -> No
         assert message["payload"]["content"] == "last words"  # drained before closing
         closing = await ws.receive(timeout=TIMEOUT)
         assert closing.type is aiohttp.WSMsgType.CLOSE
-        assert closing.data == close_codes.GOING_AWAY
+        assert closing.data == CloseCode.GOING_AWAY
         await stop
         await ws.close()
     await broker.aclose()
@@ -348,7 +348,7 @@ async def test_serve_flushes_buffered_tokens_before_closing_clients() -> None:
             msg = await ws.receive(timeout=TIMEOUT)
             if msg.type is not aiohttp.WSMsgType.TEXT:
                 assert msg.type is aiohttp.WSMsgType.CLOSE
-                assert msg.data == close_codes.GOING_AWAY
+                assert msg.data == CloseCode.GOING_AWAY
                 break
             messages.append(json.loads(msg.data))
         await ws.close()

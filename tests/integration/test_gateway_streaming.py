@@ -17,7 +17,7 @@ from gateway_support import wait_for as wait_until
 from reactivex.subject import Subject
 
 from streaming_module.errors import ClientNotFoundError, WebSocketError
-from streaming_module.gateway.bridge import WebSocketBridgeService
+from streaming_module.services.bridge import WebSocketBridgeService
 from streaming_module.types import (
     ProgressData,
     StatusData,

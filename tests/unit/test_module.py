@@ -23,7 +23,7 @@ from streaming_module import (
     TokenStreamingService,
 )
 from streaming_module.broker.base import Frame
-from streaming_module.core.close_codes import GOING_AWAY
+from streaming_module.protocol.close_codes import CloseCode
 
 BASIC = {
     "websocket": {"enabled": True, "port": 8080},
@@ -341,4 +341,4 @@ async def test_an_overridden_gateway_is_the_one_served() -> None:
     async with container:
         assert container.gateway() is fake
         assert fake.calls == [("start", None, None)]
-    assert fake.calls[1:] == [("close_all", GOING_AWAY), ("stop",)]
+    assert fake.calls[1:] == [("close_all", CloseCode.GOING_AWAY), ("stop",)]

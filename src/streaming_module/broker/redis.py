@@ -91,8 +91,8 @@ from streaming_module.broker.base import (
 )
 from streaming_module.config import BrokerOptions
 from streaming_module.core.clock import Clock, SystemClock
-from streaming_module.core.codec import encode_frame
 from streaming_module.errors import BrokerError
+from streaming_module.protocol.frames import encode_frame
 
 logger = logging.getLogger("streaming_module.broker.redis")
 

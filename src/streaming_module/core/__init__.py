@@ -1,2 +1,3 @@
 """Pure logic with no asyncio and no I/O: token buffering, filters, progress/ETA, replay log,
-wire codec. Tested with plain values and a fake clock."""
+clock, rate windows. Tested with plain values and a fake clock. (The wire protocol is in
+:mod:`streaming_module.protocol`.)"""

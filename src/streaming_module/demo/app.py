@@ -34,9 +34,9 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-from streaming_module.core.codec import dumps
 from streaming_module.demo.model import DEFAULT_WORDS, MAX_WORDS, DemoChatModel
 from streaming_module.errors import AuthenticationError
+from streaming_module.protocol.json import dumps
 
 logger = logging.getLogger("streaming_module.demo")
 

@@ -3,8 +3,8 @@
 A client proves who it is with a JWT, either in the ``token`` query parameter (browsers cannot set
 headers on a WebSocket) or in an ``Authorization: Bearer <token>`` header. The gateway checks it
 once, at the upgrade, with :meth:`JwtAuthenticator.authenticate_request`; a refusal is an
-:class:`~streaming_module.errors.AuthenticationError` (HTTP 401 before the upgrade, close code 4401
-after it).
+:class:`~streaming_module.errors.AuthenticationError` (HTTP 401 before the upgrade, close code
+``UNAUTHORIZED`` after it).
 
 What a token must be to pass:
 
@@ -175,7 +175,7 @@ class JwtAuthenticator:
     def authenticate_request(self, request: web.BaseRequest) -> Claims | None:
         """The verified claims of a request's token; ``None`` when authentication is disabled.
 
-        Enabled, a missing or invalid token raises :class:`AuthenticationError` (close code 4401;
+        Enabled, a missing or invalid token raises :class:`AuthenticationError` (``UNAUTHORIZED``;
         answer HTTP 401 before an upgrade) with a ``reason`` in its context.
         """
         if not self.enabled:

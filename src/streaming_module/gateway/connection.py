@@ -5,30 +5,29 @@ wait in a bounded queue that only this connection's writer task drains, so a cli
 slowly never slows the publisher nor any other client.
 
 Memory per connection: the queue holds at most ``send_queue_size`` entries. An entry is a
-reference to a broker :class:`~streaming_module.broker.base.Frame` (shared with every other
+reference to a :class:`~streaming_module.protocol.frames.Frame` (shared with every other
 subscriber and the replay log, so ~8 bytes here) or the bytes of a reply. Replayed frames are the
 one exception to the bound: a resume may queue up to ``replay_max_frames`` references at once,
 since they are already held by the replay log. Below the queue, aiohttp's transport buffers up to
 ~64 KiB before the writer waits. With ``slow_client_policy='coalesce'`` merged token frames are new
-objects, each capped at :data:`COALESCE_MAX_CHARS` characters of content.
+objects, each capped at :data:`~streaming_module.protocol.coalesce.COALESCE_MAX_CHARS`
+characters of content.
 
 The direct path: a frame delivered to an uncompressed connection whose queue is empty, whose
 writer is not mid-send and whose transport holds less than :data:`DIRECT_WRITE_LIMIT` unsent
 bytes is written straight to the socket's transport as the broadcast's pre-built WebSocket frame
-(:meth:`Frame.ws_frame`, framed once for every client), without waking the writer task. Order is
-kept because anything queued goes first: with a non-empty queue the frame is queued behind it.
-A client that stops reading fills its transport to the limit, then its queue, as before. This
-reaches below aiohttp's public API (``WebSocketResponse._writer.transport``): aiohttp's own
-``send_frame`` rebuilds the same header per client and is ~10 µs per frame and client, which
-bounded the gateway's fan-out to ~0.9x a plain aiohttp send loop. :func:`direct_transport`
-checks once per connection that the internals look as expected (no mask, no compression, a
-transport with ``write``/``get_write_buffer_size``/``is_closing``, a protocol with
-``writing_paused``); if not, the connection uses the queue and writer task only.
+(:func:`~streaming_module.gateway._aiohttp.ws_frame`, framed once for every client), without
+waking the writer task. Order is kept because anything queued goes first: with a non-empty queue
+the frame is queued behind it. A client that stops reading fills its transport to the limit, then
+its queue, as before. This reaches below aiohttp's public API, so it lives in
+:mod:`streaming_module.gateway._aiohttp`, whose ``direct_transport`` checks once per connection
+that the internals look as expected; if not, the connection uses the queue and writer task only.
 
-When the queue is full: ``disconnect`` closes the client with 4008 (it reconnects and resumes
-with ``lastSequence``); ``coalesce`` merges consecutive queued token frames of the same execution
-and node into one (content concatenated, the last sequence kept) and falls back to 4008 when
-nothing can be merged.
+When the queue is full: ``disconnect`` closes the client with ``CloseCode.SLOW_CONSUMER`` (it
+reconnects and resumes with ``lastSequence``); ``coalesce`` merges consecutive queued token frames
+of the same execution and node into one (content concatenated, the last sequence kept; see
+:mod:`streaming_module.protocol.coalesce`) and falls back to ``SLOW_CONSUMER`` when nothing can be
+merged.
 """
 
 from __future__ import annotations
@@ -40,23 +39,23 @@ from collections import deque
 from collections.abc import Coroutine
 from typing import Any, Literal, Protocol
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
-from streaming_module.broker.base import Frame, Subscription
+from streaming_module.broker.base import Subscription
 from streaming_module.config import HeartbeatOptions
-from streaming_module.core import close_codes
 from streaming_module.core.clock import Clock, TimerHandle
-from streaming_module.core.codec import (
-    FILTERABLE_KINDS,
-    encode_error,
-    encode_frame,
-    ws_text_frame,
+from streaming_module.gateway._aiohttp import (
+    Transport,
+    WriterProtocol,
+    direct_transport,
+    send_text,
+    ws_frame,
 )
+from streaming_module.protocol.close_codes import CloseCode
+from streaming_module.protocol.coalesce import merge, mergeable
+from streaming_module.protocol.frames import FILTERABLE_KINDS, Frame, encode_error
 
 logger = logging.getLogger("streaming_module.gateway")
-
-COALESCE_MAX_CHARS = 65536
-"""Longest content a coalesced token frame may reach; past it the client is closed with 4008."""
 
 CLOSE_TIMEOUT = 5.0
 """Seconds a close handshake may take before the transport is closed without it."""
@@ -68,41 +67,6 @@ the bounded queue, whose policy applies. So a stalled client costs at most this 
 queue."""
 
 SlowClientPolicy = Literal["disconnect", "coalesce"]
-
-
-class _Transport(Protocol):
-    def write(self, data: bytes) -> None: ...
-
-    def is_closing(self) -> bool: ...
-
-    def get_write_buffer_size(self) -> int: ...
-
-
-class _WriterProtocol(Protocol):
-    @property
-    def writing_paused(self) -> bool: ...
-
-
-def direct_transport(ws: web.WebSocketResponse) -> tuple[_Transport, _WriterProtocol] | None:
-    """The transport and protocol a prepared, uncompressed server WebSocket writes to, or
-    ``None`` when frames must go through aiohttp's ``send_frame`` (compression negotiated, a
-    masking writer, or aiohttp internals that no longer look like 3.9-3.14's
-    ``WebSocketWriter``: ``transport``, ``protocol``, ``use_mask``, ``compress``)."""
-    if ws.compress:
-        return None
-    writer = getattr(ws, "_writer", None)
-    if writer is None or getattr(writer, "use_mask", True) or getattr(writer, "compress", 1):
-        return None
-    transport = getattr(writer, "transport", None)
-    protocol = getattr(writer, "protocol", None)
-    if not all(
-        callable(getattr(transport, name, None))
-        for name in ("write", "is_closing", "get_write_buffer_size")
-    ):
-        return None
-    if not isinstance(getattr(protocol, "writing_paused", None), bool):
-        return None
-    return transport, protocol  # type: ignore[return-value]
 
 
 class Permissions(Protocol):
@@ -181,7 +145,7 @@ class ClientConnection:
         self._ping_heard = 0
         self._writer: asyncio.Task[None] | None = None
         self._writing = False  # the writer task is inside a send
-        self._direct: tuple[_Transport, _WriterProtocol] | None = None
+        self._direct: tuple[Transport, WriterProtocol] | None = None
         self._closer: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -245,7 +209,7 @@ class ClientConnection:
         self.subscriptions.clear()
         self._cancel_timer()
         if self._closer is None and not self.ws.closed:
-            self.close_soon(close_codes.NORMAL)
+            self.close_soon(CloseCode.NORMAL)
         if self._closer is not None:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._closer)
@@ -272,7 +236,7 @@ class ClientConnection:
                 and not self.ws.closed
             ):
                 try:
-                    transport.write(frame.ws_frame())
+                    transport.write(ws_frame(frame))
                 except (ConnectionError, RuntimeError) as exc:
                     logger.debug("client %s: direct write failed: %s", self.id, exc)
                     self._direct = None  # the writer task's send will see the error
@@ -327,8 +291,8 @@ class ClientConnection:
         if self.policy == "coalesce":
             queue = self._queue
             tail = queue[-1] if queue else None
-            if incoming is not None and isinstance(tail, Frame) and _mergeable(tail, incoming):
-                queue[-1] = _merge(tail, incoming)
+            if incoming is not None and isinstance(tail, Frame) and mergeable(tail, incoming):
+                queue[-1] = merge(tail, incoming)
                 self.coalesced += 1
                 return False
             freed = self._compact()
@@ -338,9 +302,9 @@ class ClientConnection:
             "client %s fell %d frames behind; closing with %d (it can resume)",
             self.id,
             len(self._queue),
-            close_codes.SLOW_CONSUMER,
+            CloseCode.SLOW_CONSUMER,
         )
-        self.close_soon(close_codes.SLOW_CONSUMER, "slow consumer: resume with lastSequence")
+        self.close_soon(CloseCode.SLOW_CONSUMER, "slow consumer: resume with lastSequence")
         return False
 
     def _compact(self) -> int:
@@ -350,8 +314,8 @@ class ClientConnection:
         out: deque[Frame | bytes] = deque()
         for item in self._queue:
             last = out[-1] if out else None
-            if isinstance(item, Frame) and isinstance(last, Frame) and _mergeable(last, item):
-                out[-1] = _merge(last, item)
+            if isinstance(item, Frame) and isinstance(last, Frame) and mergeable(last, item):
+                out[-1] = merge(last, item)
             else:
                 out.append(item)
         freed = before - len(out)
@@ -384,22 +348,10 @@ class ClientConnection:
             self._idle.set()
 
     async def _send(self, ws: web.WebSocketResponse, data: bytes) -> None:
+        # Frames under the threshold go uncompressed on a deflate connection; only this task
+        # sends data frames, as send_text requires.
         threshold = self._compress_threshold
-        if threshold is not None and len(data) < threshold and ws.compress:
-            # aiohttp 3.14's send_frame(compress=0) still compresses on a deflate connection
-            # (0 is falsy, so the connection's setting wins): send small frames uncompressed by
-            # switching the writer's flag for this one synchronous write. Only this task sends
-            # data frames, so nothing else observes the switch.
-            writer = getattr(ws, "_writer", None)
-            if writer is not None and hasattr(writer, "compress"):
-                saved = writer.compress
-                writer.compress = 0
-                try:
-                    await ws.send_frame(data, WSMsgType.TEXT)
-                finally:
-                    writer.compress = saved
-                return
-        await ws.send_frame(data, WSMsgType.TEXT)
+        await send_text(ws, data, compress=threshold is None or len(data) >= threshold)
 
     # ------------------------------------------------------------------ heartbeat
     def _ping_due(self) -> None:
@@ -419,9 +371,9 @@ class ClientConnection:
                 "client %s silent for %d ms after a ping; closing with %d",
                 self.id,
                 hb.timeout,
-                close_codes.HEARTBEAT_TIMEOUT,
+                CloseCode.HEARTBEAT_TIMEOUT,
             )
-            self.close_soon(close_codes.HEARTBEAT_TIMEOUT, "heartbeat timeout")
+            self.close_soon(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout")
             return
         remaining = max(0.0, (hb.interval - hb.timeout) / 1000)
         self._timer = self._clock.call_later(remaining, self._ping_due)
@@ -464,97 +416,9 @@ class ClientConnection:
         task.add_done_callback(self._tasks.discard)
 
 
-class CoalescedTokens(Frame):
-    """Consecutive token frames of one execution and node merged into one, under the last
-    frame's sequence. Parts are joined only when the frame is encoded, so merging is O(1)."""
-
-    __slots__ = ("chars", "count", "parts", "token_list")
-
-    def __init__(self, first: Frame) -> None:
-        payload = dict(first.payload)
-        super().__init__(
-            first.execution_id, first.sequence, "token", first.timestamp, payload, False
-        )
-        content = payload.get("content", "")
-        self.parts: list[str] = [content]
-        self.chars = len(content)
-        self.count = 1
-        tokens = payload.get("tokens")
-        self.token_list: list[Any] | None = list(tokens) if isinstance(tokens, list) else None
-
-    def add(self, frame: Frame) -> None:
-        payload = frame.payload
-        if isinstance(frame, CoalescedTokens):
-            self.parts.extend(frame.parts)
-            self.chars += frame.chars
-            self.count += frame.count
-            tokens = frame.token_list
-        else:
-            content = payload["content"]
-            self.parts.append(content)
-            self.chars += len(content)
-            self.count += 1
-            tokens = payload.get("tokens")
-        self.sequence = frame.sequence
-        self.timestamp = frame.timestamp
-        if payload.get("totalTokens") is not None:
-            self.payload["totalTokens"] = payload["totalTokens"]
-        if self.token_list is not None and isinstance(tokens, list):
-            self.token_list.extend(tokens)
-        else:
-            self.token_list = None
-
-    def encoded(self) -> bytes:
-        payload = dict(self.payload)
-        payload["content"] = "".join(self.parts)
-        payload["coalesced"] = self.count
-        if self.token_list is not None:
-            payload["tokens"] = self.token_list
-        return encode_frame(self.type, self.execution_id, self.sequence, self.timestamp, payload)
-
-    def ws_frame(self) -> bytes:
-        return ws_text_frame(self.encoded())  # not cached: more frames may still be merged in
-
-
-def _mergeable(a: Frame, b: Frame) -> bool:
-    if a.type != "token" or b.type != "token" or a.execution_id != b.execution_id:
-        return False
-    pa, pb = a.payload, b.payload
-    if not isinstance(pa, dict) or not isinstance(pb, dict):
-        return False
-    if pa.get("nodeId") != pb.get("nodeId"):
-        return False
-    if isinstance(b, CoalescedTokens):
-        size_b = b.chars
-    else:
-        content_b = pb.get("content")
-        if not isinstance(content_b, str):
-            return False
-        size_b = len(content_b)
-    if isinstance(a, CoalescedTokens):
-        size = a.chars
-    else:
-        content_a = pa.get("content")
-        if not isinstance(content_a, str):
-            return False
-        size = len(content_a)
-    return size + size_b <= COALESCE_MAX_CHARS
-
-
-def _merge(a: Frame, b: Frame) -> Frame:
-    """``a`` then ``b`` as one token frame (``b``'s sequence); reuses ``a`` if it already is a
-    merge."""
-    merged = a if isinstance(a, CoalescedTokens) else CoalescedTokens(a)
-    merged.add(b)
-    return merged
-
-
 __all__ = [
-    "COALESCE_MAX_CHARS",
     "DIRECT_WRITE_LIMIT",
     "ClientConnection",
     "ClientSubscription",
-    "CoalescedTokens",
     "Permissions",
-    "direct_transport",
 ]

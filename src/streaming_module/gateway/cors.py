@@ -13,7 +13,8 @@ user's cookies along. So the gateway checks the ``Origin`` header itself, on the
 - otherwise the configured ``cors.origin``: a list of exact origins (``"https://app.example.com"``,
   scheme and port included), ``"*"`` or ``True`` for any.
 
-A refusal is a :class:`~streaming_module.errors.ForbiddenError` (HTTP 403; close code 4403).
+A refusal is a :class:`~streaming_module.errors.ForbiddenError` (HTTP 403; close code
+``FORBIDDEN``).
 
 Same-origin is judged from the ``Host`` header, which a DNS-rebinding page controls; the origin
 check is a guard against other sites riding a user's browser, not a replacement for

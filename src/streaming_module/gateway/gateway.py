@@ -4,8 +4,9 @@ The gateway speaks the protocol of ``docs/protocol.md``. Frames come from a
 :class:`~streaming_module.broker.base.Broker` (sequenced, replayable); each connection is a
 :class:`~streaming_module.gateway.connection.ClientConnection` with its own bounded queue and
 writer task. Security runs at the upgrade, before any frame flows: Origin (HTTP 403), connection
-rate (HTTP 429), JWT (HTTP 401); then per client frame the request limit (close 4429) and, on
-subscribe, the token's ``executions`` claim (``error`` with code ``forbidden``).
+rate (HTTP 429), JWT (HTTP 401); then per client frame the request limit (close
+``RATE_LIMITED``) and, on subscribe, the token's ``executions`` claim (``error`` with code
+``forbidden``). Close codes are :class:`~streaming_module.protocol.close_codes.CloseCode`'s.
 """
 
 from __future__ import annotations
@@ -22,17 +23,7 @@ from aiohttp.abc import AbstractAccessLogger
 
 from streaming_module.broker.base import Broker
 from streaming_module.config import StreamingModuleOptions
-from streaming_module.core import close_codes
 from streaming_module.core.clock import Clock, SystemClock
-from streaming_module.core.codec import (
-    Ack,
-    Ping,
-    SubscribeExecution,
-    UnsubscribeExecution,
-    decode_client_message,
-    dumps,
-    encode_reply,
-)
 from streaming_module.errors import (
     AuthenticationError,
     ClientNotFoundError,
@@ -45,6 +36,24 @@ from streaming_module.gateway.auth import JwtAuthenticator
 from streaming_module.gateway.connection import ClientConnection, ClientSubscription
 from streaming_module.gateway.cors import check_origin, cors_middleware
 from streaming_module.gateway.limits import ConnectionRateLimiter, RequestRateLimiter
+from streaming_module.protocol.close_codes import CloseCode
+from streaming_module.protocol.frames import (
+    GAP,
+    PONG,
+    REPLY_TYPES,
+    SUBSCRIBED,
+    UNSUBSCRIBED,
+    WORKFLOW_UPDATE,
+    encode_reply,
+)
+from streaming_module.protocol.json import dumps
+from streaming_module.protocol.messages import (
+    Ack,
+    Ping,
+    SubscribeExecution,
+    UnsubscribeExecution,
+    decode_client_message,
+)
 
 logger = logging.getLogger("streaming_module.gateway")
 
@@ -54,9 +63,10 @@ MAX_SUBSCRIPTIONS_PER_CONNECTION = 256
 """Executions one connection may subscribe to at once (each costs a broker listener, ~200 B)."""
 
 SHUTDOWN_DRAIN_TIMEOUT = 1.0
-"""Seconds given to each client's queued frames to go out before a 1001 close on shutdown."""
+"""Seconds given to each client's queued frames to go out before the ``GOING_AWAY`` close on
+shutdown."""
 
-RESERVED_TYPES = frozenset({"subscribed", "unsubscribed", "pong", "error", "gap"})
+RESERVED_TYPES = REPLY_TYPES | {GAP}
 """Frame types only the gateway itself sends; ``broadcast_to_execution`` refuses them."""
 
 
@@ -101,7 +111,6 @@ class StreamingWebSocketGateway:
         self._connections: dict[str, ClientConnection] = {}
         self._index_handler: Handler | None = None
         self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
         self._port: int | None = None
         self._host: str | None = None
         self._accepting = True
@@ -152,25 +161,24 @@ class StreamingWebSocketGateway:
         except BaseException:
             await runner.cleanup()
             raise
-        self._runner, self._site = runner, site
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self._port = sockets[0].getsockname()[1] if sockets else port
+        self._runner = runner
+        addresses = runner.addresses  # getsockname() of each listening socket
+        self._port = int(addresses[0][1]) if addresses else port
         self._host = host
         logger.info("WebSocket gateway listening on %s", self.url)
 
     async def stop(self) -> None:
-        """Close every client with 1001 (after a short drain), stop serving, and leave no task
-        running."""
-        await self.close_all(close_codes.GOING_AWAY, "server shutting down")
-        runner, self._runner, self._site = self._runner, None, None
+        """Close every client with ``CloseCode.GOING_AWAY`` (after a short drain), stop serving,
+        and leave no task running."""
+        await self.close_all(CloseCode.GOING_AWAY, "server shutting down")
+        runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
         self._port = None
 
     def setup(self, app: web.Application, path: str = "/ws") -> None:
         """Mount the WebSocket endpoint at ``path`` in your own aiohttp application; its clients
-        are closed with 1001 when that application shuts down."""
+        are closed with ``CloseCode.GOING_AWAY`` when that application shuts down."""
         app.router.add_get(path, self.websocket_handler)
         app.on_shutdown.append(self._on_shutdown)
 
@@ -179,7 +187,7 @@ class StreamingWebSocketGateway:
         default a short JSON description."""
         self._index_handler = handler
 
-    async def close_all(self, code: int = close_codes.GOING_AWAY, reason: str = "") -> None:
+    async def close_all(self, code: int = CloseCode.GOING_AWAY, reason: str = "") -> None:
         """Stop accepting clients and close every connection with ``code`` once its queue
         drains (at most :data:`SHUTDOWN_DRAIN_TIMEOUT` seconds)."""
         self._accepting = False
@@ -191,7 +199,7 @@ class StreamingWebSocketGateway:
             )
 
     async def _on_shutdown(self, app: web.Application) -> None:
-        await self.close_all(close_codes.GOING_AWAY, "server shutting down")
+        await self.close_all(CloseCode.GOING_AWAY, "server shutting down")
 
     # ------------------------------------------------------------------ server side API
     async def broadcast_to_execution(self, execution_id: str, message: Any) -> None:
@@ -201,10 +209,10 @@ class StreamingWebSocketGateway:
         "timestamp": ...}``; ``type`` defaults to ``workflow_update`` and a message without
         ``payload`` is sent whole as the payload. The frame's timestamp is the broker's."""
         if isinstance(message, Mapping) and "payload" in message:
-            frame_type = message.get("type") or "workflow_update"
+            frame_type = message.get("type") or WORKFLOW_UPDATE
             payload = message["payload"]
         else:
-            frame_type, payload = "workflow_update", message
+            frame_type, payload = WORKFLOW_UPDATE, message
         if not isinstance(frame_type, str) or frame_type in RESERVED_TYPES:
             raise WebSocketError(
                 f"cannot broadcast a frame of type {frame_type!r}: "
@@ -327,7 +335,7 @@ class StreamingWebSocketGateway:
             )
         except Exception:
             logger.exception("client %s: connection loop failed", client_id)
-            connection.close_soon(close_codes.INTERNAL_ERROR, "internal error")
+            connection.close_soon(CloseCode.INTERNAL_ERROR, "internal error")
         finally:
             self._connections.pop(client_id, None)
             await connection.aclose()
@@ -358,7 +366,7 @@ class StreamingWebSocketGateway:
                 limiter.check()
             except RateLimitError as exc:
                 connection.send_error(exc.code, exc.message)
-                await connection.close(close_codes.RATE_LIMITED, "rate limited", drain_timeout=0.5)
+                await connection.close(CloseCode.RATE_LIMITED, "rate limited", drain_timeout=0.5)
                 return
             if kind is WSMsgType.BINARY:
                 connection.send_error(
@@ -385,7 +393,7 @@ class StreamingWebSocketGateway:
             connection.acks.pop(execution_id, None)
             connection.send(
                 encode_reply(
-                    "unsubscribed",
+                    UNSUBSCRIBED,
                     {"executionId": execution_id, "wasSubscribed": sub is not None},
                     execution_id=execution_id,
                 )
@@ -393,7 +401,7 @@ class StreamingWebSocketGateway:
         elif isinstance(message, Ping):
             payload = dict(message.payload or {})
             payload["timestamp"] = self.clock.now().isoformat()
-            connection.send(encode_reply("pong", payload))
+            connection.send(encode_reply(PONG, payload))
         else:
             execution_id = message.payload.execution_id
             if execution_id not in connection.subscriptions:
@@ -430,7 +438,7 @@ class StreamingWebSocketGateway:
         connection.subscriptions[execution_id] = subscription
         connection.send(
             encode_reply(
-                "subscribed",
+                SUBSCRIBED,
                 {
                     "executionId": execution_id,
                     "events": sorted(kinds),

@@ -91,8 +91,9 @@ class ConnectionRateLimiter:
     def check_connection(self, remote: str | None) -> None:
         """Count a new connection from ``remote`` (an IP address; ``None`` counts as one shared
         ``"unknown"`` address), or raise :class:`RateLimitError` (HTTP 429 at the upgrade, close
-        code 4429) when this address or the server as a whole is over ``max_connections`` in the
-        current window. ``context['retry_after']`` is the seconds until that window ends."""
+        code ``RATE_LIMITED``) when this address or the server as a whole is over
+        ``max_connections`` in the current window. ``context['retry_after']`` is the seconds
+        until that window ends."""
         options = self._options
         if options is None:
             return
@@ -170,7 +171,7 @@ class RequestRateLimiter:
         self._count = 0
 
     def check(self) -> None:
-        """Count one client frame, or raise :class:`RateLimitError` (close code 4429) when this
+        """Count one client frame, or raise :class:`RateLimitError` (``RATE_LIMITED``) when this
         connection is over ``max_requests_per_connection`` in the current window; the gateway
         then closes it. ``context['retry_after']`` is the seconds until that window ends."""
         if self._options is None:

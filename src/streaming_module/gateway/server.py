@@ -2,8 +2,8 @@
 
 Shutdown order matters for "no token lost": buffered tokens are flushed first (through the
 bridge and broker to the clients' queues), then the other services close, client writers get a
-bounded moment to drain, clients are closed with 1001, the server stops, the bridge unsubscribes
-and the broker closes. Nothing is left running.
+bounded moment to drain, clients are closed with ``GOING_AWAY``, the server stops, the bridge
+unsubscribes and the broker closes. Nothing is left running.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Any, Protocol
 
 from streaming_module.broker.base import Broker
 from streaming_module.config import StreamingModuleOptions
-from streaming_module.core import close_codes
-from streaming_module.gateway.bridge import WebSocketBridgeService
 from streaming_module.gateway.gateway import SHUTDOWN_DRAIN_TIMEOUT, StreamingWebSocketGateway
+from streaming_module.protocol.close_codes import CloseCode
+from streaming_module.services.bridge import WebSocketBridgeService
 
 logger = logging.getLogger("streaming_module.gateway")
 
@@ -76,9 +76,9 @@ async def serve(
             await broker.flush()
         except Exception:
             logger.exception("flushing the broker failed")
-        # 2. clients drain (bounded), then close with 1001; 3. the server stops
+        # 2. clients drain (bounded), then close with GOING_AWAY; 3. the server stops
         if started:
-            await gateway.close_all(close_codes.GOING_AWAY, "server shutting down")
+            await gateway.close_all(CloseCode.GOING_AWAY, "server shutting down")
             await gateway.stop()
         # 4. nothing forwards any more; the broker lets go of logs and timers
         bridge.close()

@@ -1,4 +1,5 @@
-"""The wire codec: what a client may send, and what it gets back when it sends something wrong."""
+"""The wire protocol's client messages: what a client may send, what it gets back when it sends
+something wrong, and the JSON every frame and reply is written with."""
 
 from __future__ import annotations
 
@@ -10,20 +11,26 @@ import orjson
 import pytest
 from pydantic import BaseModel
 
-from streaming_module.core.codec import (
+from streaming_module.errors import ProtocolError
+from streaming_module.protocol.frames import (
     FILTERABLE_KINDS,
+    encode_error,
+    encode_frame,
+    encode_reply,
+)
+from streaming_module.protocol.json import dumps
+from streaming_module.protocol.messages import (
+    ALL_EVENTS,
     Ack,
     Ping,
     SubscribeExecution,
     UnsubscribeExecution,
     decode_client_message,
-    dumps,
-    encode_error,
-    encode_frame,
-    encode_reply,
-    ws_text_frame,
+    encode_ack,
+    encode_ping,
+    encode_subscribe,
+    encode_unsubscribe,
 )
-from streaming_module.errors import ProtocolError
 from streaming_module.types import StreamMetadata, TokenData
 
 
@@ -184,30 +191,44 @@ def test_langchain_messages_encode() -> None:
     assert out["m"]["content"] == "hello"
 
 
-# --------------------------------------------------------------------------- ws_text_frame
+# --------------------------------------------------------------------------- builders
 
 
-@pytest.mark.parametrize("length", [0, 1, 125, 126, 127, 65535, 65536, 70000])
-def test_ws_text_frame_is_a_valid_unmasked_text_frame_for_every_length_encoding(
-    length: int,
-) -> None:
-    # The websockets package's own frame parser (the client side: frames must be unmasked).
-    from websockets.frames import Frame as WsFrame
-    from websockets.frames import Opcode
-    from websockets.streams import StreamReader
+def test_what_the_python_client_sends_decodes_as_the_server_expects() -> None:
+    subscribe = decode_client_message(encode_subscribe("run", ["token", "status"], 41))
+    assert isinstance(subscribe, SubscribeExecution)
+    assert subscribe.payload.execution_id == "run" and subscribe.payload.last_sequence == 41
+    assert subscribe.kinds == {"token", "status"}
+    every = decode_client_message(encode_subscribe("run"))
+    assert isinstance(every, SubscribeExecution) and every.payload.last_sequence is None
+    assert every.payload.events == list(ALL_EVENTS) and every.kinds == FILTERABLE_KINDS
+    unsubscribe = decode_client_message(encode_unsubscribe("run"))
+    assert isinstance(unsubscribe, UnsubscribeExecution)
+    assert unsubscribe.payload.execution_id == "run"
+    ping = decode_client_message(encode_ping({"t": 1}))
+    assert isinstance(ping, Ping) and ping.payload == {"t": 1}
+    ack = decode_client_message(encode_ack("run", 7))
+    assert isinstance(ack, Ack) and ack.payload.sequence == 7
 
-    payload = ("é" * (length // 2) + "x" * (length % 2)).encode()
-    assert len(payload) == length
-    data = ws_text_frame(payload)
-    header = 2 if length < 126 else 4 if length < 65536 else 10
-    assert len(data) == header + length
-    reader = StreamReader()
-    reader.feed_data(data)
-    parser = WsFrame.parse(reader.read_exact, mask=False)
-    with pytest.raises(StopIteration) as done:
-        next(parser)
-    frame = done.value.value
-    assert frame.opcode is Opcode.TEXT and frame.fin
-    assert not (frame.rsv1 or frame.rsv2 or frame.rsv3)
-    assert bytes(frame.data) == payload
-    assert not reader.buffer  # the frame ends exactly where its length says
+
+def test_builders_write_the_manuals_json_shape() -> None:
+    assert orjson.loads(encode_subscribe("execution-123")) == {
+        "type": "subscribe_execution",
+        "payload": {
+            "executionId": "execution-123",
+            "events": ["token", "event", "progress", "status"],
+        },
+    }
+    assert orjson.loads(encode_ping()) == {"type": "ping", "payload": {}}
+
+
+def test_a_bad_message_names_at_most_five_problems_without_echoing_input() -> None:
+    with pytest.raises(ProtocolError) as info:
+        decode_client_message(
+            '{"type":"subscribe_execution","payload":{"executionId":"e",'
+            '"events":["a","b","c","d","e","f","g"]}}'
+        )
+    message = info.value.message
+    assert message.startswith("invalid 'subscribe_execution' message: payload.events.0: ")
+    assert message.count("payload.events.") == 5
+    assert "got" not in message

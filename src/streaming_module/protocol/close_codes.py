@@ -1,4 +1,4 @@
-"""Every WebSocket close code the gateway uses, in one place.
+"""Every WebSocket close code the gateway and the client use, in one place.
 
 Codes 1000-1011 are RFC 6455's; 4000-4999 are reserved for applications, and ours mirror the
 HTTP status a client already knows (4401 ~ 401, 4403 ~ 403, 4408 ~ 408, 4429 ~ 429). A client
@@ -24,36 +24,40 @@ Code Name                   Meaning / what a client should do
 4429 RATE_LIMITED           More than ``rate_limit.max_requests_per_connection`` frames per
                             window. Back off, then reconnect.
 ==== ====================== ===============================================================
+
+``CloseCode`` members are integers: they compare equal to the number a WebSocket library reports
+and can be passed wherever a close code is expected.
 """
 
 from __future__ import annotations
 
+from enum import IntEnum
 from typing import Final
 
-NORMAL: Final = 1000
-GOING_AWAY: Final = 1001
-POLICY_VIOLATION: Final = 1008
-MESSAGE_TOO_BIG: Final = 1009
-INTERNAL_ERROR: Final = 1011
-SLOW_CONSUMER: Final = 4008
-UNAUTHORIZED: Final = 4401
-FORBIDDEN: Final = 4403
-HEARTBEAT_TIMEOUT: Final = 4408
-RATE_LIMITED: Final = 4429
 
-RESUMABLE: Final = frozenset({GOING_AWAY, INTERNAL_ERROR, SLOW_CONSUMER, HEARTBEAT_TIMEOUT})
+class CloseCode(IntEnum):
+    """A WebSocket close code (see the module docstring for what a client should do)."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    SLOW_CONSUMER = 4008
+    UNAUTHORIZED = 4401
+    FORBIDDEN = 4403
+    HEARTBEAT_TIMEOUT = 4408
+    RATE_LIMITED = 4429
+
+
+RESUMABLE: Final[frozenset[CloseCode]] = frozenset(
+    {
+        CloseCode.GOING_AWAY,
+        CloseCode.INTERNAL_ERROR,
+        CloseCode.SLOW_CONSUMER,
+        CloseCode.HEARTBEAT_TIMEOUT,
+    }
+)
 """Codes after which reconnecting with ``lastSequence`` recovers every retained frame."""
 
-__all__ = [
-    "FORBIDDEN",
-    "GOING_AWAY",
-    "HEARTBEAT_TIMEOUT",
-    "INTERNAL_ERROR",
-    "MESSAGE_TOO_BIG",
-    "NORMAL",
-    "POLICY_VIOLATION",
-    "RATE_LIMITED",
-    "RESUMABLE",
-    "SLOW_CONSUMER",
-    "UNAUTHORIZED",
-]
+__all__ = ["RESUMABLE", "CloseCode"]
