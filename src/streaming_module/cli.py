@@ -158,6 +158,16 @@ def _add_server_arguments(parser: argparse.ArgumentParser, *, default_port: int 
     )  # fmt: skip
 
 
+def _version() -> str:
+    # From the installed metadata: importing the package for __version__ would load it all.
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("streaming_module")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="streaming-module",
@@ -165,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_MAIN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
 
     demo = commands.add_parser(

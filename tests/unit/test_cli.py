@@ -215,3 +215,12 @@ async def test_the_announcement_follows_the_listening_line(
         "listening on http://127.0.0.1:1",
         "open http://127.0.0.1:1/?token=t",
     ]
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    import streaming_module
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"streaming-module {streaming_module.__version__}\n"
