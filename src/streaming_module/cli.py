@@ -10,14 +10,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import gc
 import importlib
 import inspect
 import logging
+import os
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 logger = logging.getLogger("streaming_module.cli")
 
@@ -42,8 +45,8 @@ endpoints:
 examples:
   streaming-module demo                         # http://127.0.0.1:8080
   streaming-module demo --port 0 --token-delay-ms 0
-  streaming-module demo --jwt-secret "$SECRET"  # clients need a token:
-  streaming-module token --jwt-secret "$SECRET" # open http://127.0.0.1:8080/?token=<JWT>
+  streaming-module demo --jwt-secret "$SECRET"  # prints the page's URL with a fresh ?token=
+  streaming-module token --jwt-secret "$SECRET" # another token for the same server
 """
 
 _SERVE_EPILOG = """\
@@ -62,6 +65,13 @@ example:
 
 class CliError(Exception):
     """A usage problem to report in one line, with exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line: the usage itself is one ``--help`` away."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
 # --------------------------------------------------------------------------- parsing
@@ -97,6 +107,31 @@ def _words(value: str) -> int:
     return words
 
 
+def _secret(value: str) -> str:
+    if not value.strip():
+        raise argparse.ArgumentTypeError("the JWT secret must not be empty")
+    return value
+
+
+def _redis_url(value: str) -> str:
+    # Only the scheme, so a typo fails here with exit status 2; the broker checks the rest.
+    if value.partition("://")[0].lower() not in ("redis", "rediss", "unix"):
+        raise argparse.ArgumentTypeError(
+            f"not a Redis URL: {value!r} (e.g. redis://127.0.0.1:6379/0, rediss:// or unix://)"
+        )
+    return value
+
+
+def _duration(value: str) -> str:
+    from streaming_module.config import parse_duration
+
+    try:
+        parse_duration(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
 def _app_ref(value: str) -> str:
     module, sep, attr = value.partition(":")
     if not sep or not module or not attr:
@@ -123,13 +158,24 @@ def _add_server_arguments(parser: argparse.ArgumentParser, *, default_port: int 
     )  # fmt: skip
 
 
+def _version() -> str:
+    # From the installed metadata: importing the package for __version__ would load it all.
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("streaming_module")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="streaming-module",
         description=_DESCRIPTION,
         epilog=_MAIN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
 
     demo = commands.add_parser(
@@ -152,12 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="default answer length in words when a request gives none (default: %(default)s)",
     )  # fmt: skip
     demo.add_argument(
-        "--jwt-secret", default=None, metavar="SECRET",
+        "--jwt-secret", default=None, type=_secret, metavar="SECRET",
         help="require a JWT signed with SECRET (HS256) for the WebSocket and /executions; "
-        "open the page as /?token=<JWT>",
+        "the page's URL with a fresh ?token= is printed on start",
     )  # fmt: skip
     demo.add_argument(
-        "--redis-url", default=None, metavar="URL",
+        "--redis-url", default=None, type=_redis_url, metavar="URL",
         help="keep and fan out frames in Redis (e.g. redis://127.0.0.1:6379/0) instead of memory",
     )  # fmt: skip
 
@@ -181,7 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print a signed JWT (HS256) to stdout, for clients of a server that requires "
         "one.",
     )
-    token.add_argument("--jwt-secret", required=True, metavar="SECRET", help="the server's secret")
+    token.add_argument(
+        "--jwt-secret", required=True, type=_secret, metavar="SECRET", help="the server's secret"
+    )
     token.add_argument(
         "--subject", default="demo-user", help="the 'sub' claim (default: %(default)s)"
     )
@@ -190,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="restrict the token to this execution id (repeat for several; default: any)",
     )  # fmt: skip
     token.add_argument(
-        "--expires-in", default="1h", metavar="DURATION",
+        "--expires-in", default="1h", type=_duration, metavar="DURATION",
         help="lifetime such as 30m, 1h or 7d (default: %(default)s)",
     )  # fmt: skip
     return parser
@@ -218,8 +266,12 @@ async def run_until_stopped(
     *,
     stop_event: asyncio.Event | None = None,
     freeze_gc: bool = False,
+    announce: Callable[[str], None] | None = None,
 ) -> None:
     """Start a server, print ``listening on URL``, wait for Ctrl-C/SIGTERM, then stop it.
+
+    ``announce(url)``, when given, runs right after that line (the demo prints its page's URL
+    with a token there).
 
     ``freeze_gc`` (the ``demo`` and ``serve`` commands set it): once started, collect and then
     :func:`gc.freeze` everything alive — the modules, classes and functions of langgraph,
@@ -236,13 +288,17 @@ async def run_until_stopped(
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop_event.set)
             installed.append(sig)
+    started = False
     try:
         url = await start()
+        started = True
         if freeze_gc:
             gc.collect()
             gc.freeze()
             logger.debug("froze %d start-up objects out of the collector", gc.get_freeze_count())
         print(f"listening on {url}", flush=True)
+        if announce is not None:
+            announce(url)
         logger.info("serving on %s; press Ctrl-C to stop", url)
         await stop_event.wait()
         logger.info("shutting down")
@@ -250,7 +306,8 @@ async def run_until_stopped(
         for sig in installed:
             loop.remove_signal_handler(sig)
         await stop()
-        logger.info("stopped")
+        if started:
+            logger.info("stopped")
 
 
 async def _demo(args: argparse.Namespace) -> None:
@@ -269,12 +326,32 @@ async def _demo(args: argparse.Namespace) -> None:
         await server.start()
         return server.url
 
-    await run_until_stopped(start, server.stop, freeze_gc=True)
+    def announce(url: str) -> None:
+        if args.jwt_secret is not None:
+            # The user's own line, on stdout like the URL; never through a logger (no token is
+            # ever logged). A fresh token each start, valid for the options' expiresIn.
+            from streaming_module.gateway.auth import JwtAuthenticator
+
+            options = server.container.options().gateway.authentication
+            token = JwtAuthenticator(options).issue_token("demo-user")
+            print(
+                f"open {url}/?token={token} (valid for {options.expires_in}; "
+                "more with 'streaming-module token')",
+                flush=True,
+            )
+
+    await run_until_stopped(start, server.stop, freeze_gc=True, announce=announce)
 
 
 def load_factory(reference: str) -> Callable[[], Any]:
-    """``package.module:factory`` → the factory object (``module:attr.attr`` also works)."""
+    """``package.module:factory`` → the factory object (``module:attr.attr`` also works).
+
+    The module is imported from the current folder first, as uvicorn and gunicorn do: the
+    ``streaming-module`` console script's own folder is on ``sys.path``, the user's is not."""
     module_name, _, attr_path = reference.partition(":")
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
     try:
         target: Any = importlib.import_module(module_name)
     except ImportError as exc:
@@ -353,21 +430,52 @@ def main(argv: Sequence[str] | None = None) -> int:
         runner = _demo if args.command == "demo" else _serve
         asyncio.run(runner(args))
     except CliError as exc:
-        parser.exit(2, f"streaming-module: error: {exc}\n")
+        return _fail(str(exc), 2)
     except KeyboardInterrupt:  # a second Ctrl-C during shutdown
         return 130
     except OSError as exc:
-        logger.error("%s", exc)
-        print(f"streaming-module: error: {exc}", file=sys.stderr)
-        return 1
+        return _fail(*_listen_error(exc, args))
     except Exception as exc:
-        from streaming_module.errors import StreamingError
+        from streaming_module.errors import StreamingConfigError, StreamingError
 
-        if isinstance(exc, StreamingError):
-            print(f"streaming-module: error: {exc}", file=sys.stderr)
-            return 1
+        if isinstance(exc, StreamingConfigError):  # a bad value, e.g. --redis-url
+            return _fail(exc.message, 2)
+        if isinstance(exc, StreamingError):  # e.g. Redis unreachable
+            return _fail(exc.message, 1)
         raise
     return 0
+
+
+def _fail(message: str, status: int) -> int:
+    """Report once, on one line, on stderr (not through the logger: it is the CLI's answer)."""
+    parts = [part.strip(" -") for part in message.splitlines() if part.strip()] or [message]
+    # "invalid options (2 problems):" then one "- path: message" line per problem
+    head, rest = (parts[0] + " ", parts[1:]) if parts[0].endswith(":") else ("", parts)
+    one_line = head + "; ".join(rest)
+    print(f"streaming-module: error: {one_line}", file=sys.stderr, flush=True)
+    return status
+
+
+def _listen_error(exc: OSError, args: argparse.Namespace) -> tuple[str, int]:
+    """What a server command could not do, and its exit status: 2 for a bad ``--host``, 1 for
+    a busy port or anything else the environment refused."""
+    host, port = getattr(args, "host", None), getattr(args, "port", None)
+    where = f"{host}:{port}" if host is not None and port is not None else "the configured port"
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"cannot listen on {where}: the address is already in use (another server, or an "
+            "earlier demo still running); choose another with --port, or --port 0 to pick a "
+            "free one",
+            1,
+        )
+    if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+        reason = exc.strerror or str(exc)
+        return (
+            f"cannot listen on {where}: {reason}; --host takes an address of this machine, "
+            "e.g. 127.0.0.1, or 0.0.0.0 for every interface",
+            2,
+        )
+    return f"{exc}", 1
 
 
 __all__ = ["build_parser", "load_factory", "main", "run_until_stopped", "setup_logging"]

@@ -215,7 +215,7 @@ async def test_with_a_jwt_secret_only_the_executions_endpoints_need_the_token(
     for path in ("/health", "/", "/demo"):
         assert (await _http("GET", base + path))[0] == 200, path
     status, body, _ = await _http("POST", base + "/executions", {"prompt": "x", "words": 2})
-    assert status == 401 and body["error"] == "unauthorized" and body["message"]
+    assert status == 401 and body["code"] == "unauthorized" and body["message"]
     assert (await _http("GET", base + "/executions/x"))[0] == 401
     forged = jwt.encode({"sub": "t", "exp": int(time.time()) + 60}, "x" * 40, "HS256")
     assert (await _http("GET", base + f"/executions/x?token={forged}"))[0] == 401

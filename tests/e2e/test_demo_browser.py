@@ -90,6 +90,19 @@ async def start_run(page: Any, prompt: str, words: str = "300") -> None:
     await page.get_by_test_id("start").click()
 
 
+async def log_lines(page: Any) -> list[str]:
+    return [
+        text or ""
+        for text in await page.locator("[data-testid=event-log] li .msg").all_text_contents()
+    ]
+
+
+def eta_seconds(text: str | None) -> int | None:
+    """``"ETA 7 s"`` -> 7; anything else (estimating, <1 s, done) -> None."""
+    parts = (text or "").split()
+    return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() and parts[2] == "s" else None
+
+
 async def wait_completed(page: Any) -> None:
     await page.wait_for_function(
         "document.querySelector('[data-testid=status]').textContent === 'completed'",
@@ -185,6 +198,82 @@ async def test_a_connection_killed_mid_run_resumes_with_the_full_text(
     await page.close()
 
 
+async def test_the_log_reads_in_the_order_things_happened(demo: Any, browser: Any) -> None:
+    page = await browser.new_page()
+    await page.goto(demo.url + "/")
+
+    # The answer to POST /executions comes after the run's first frames (held back here, as a
+    # slow network would); the run was accepted before it started all the same.
+    async def hold_the_answer(route: Any) -> None:
+        response = await route.fetch()
+        await page.wait_for_function(
+            "document.querySelector('[data-testid=event-log]').textContent.includes('run started')",
+            timeout=RUN_TIMEOUT_MS,
+        )
+        await route.fulfill(response=response)
+
+    await page.route("**/executions", hold_the_answer)
+    await start_run(page, "Write about tides", words="60")
+    await wait_completed(page)
+    lines = await log_lines(page)
+
+    def where(text: str) -> int:
+        found = [i for i, line in enumerate(lines) if text in line]
+        assert len(found) == 1, (text, lines)
+        return found[0]
+
+    assert where("new run") < where("subscribed to") < where("POST /executions → 202")
+    assert where("POST /executions → 202") < where("run started") < where("node_start")
+    assert where("node_start") < where("run completed") == len(lines) - 1
+    await page.close()
+
+
+async def test_the_eta_keeps_counting_down_while_reconnecting(browser: Any) -> None:
+    from streaming_module.demo.app import DemoServer
+
+    # 1,000 words at 10 ms: ~10 s of generation, time enough to lose the network mid-run.
+    async with DemoServer(port=0, token_delay_ms=10) as server:
+        context = await browser.new_context()
+        page = await context.new_page()
+        await page.goto(server.url + "/")
+        await start_run(page, "Write about glaciers", words="1000")
+        await page.wait_for_function(
+            "/^ETA ([4-9]|\\d\\d+) s$/.test(document.querySelector('[data-testid=eta]')"
+            ".textContent)",
+            timeout=RUN_TIMEOUT_MS,
+        )
+        # The network goes away: the socket drops and reconnecting fails for a while.
+        await context.set_offline(True)
+        assert await page.evaluate("window.streamingDemo.dropConnection()")
+        await page.wait_for_function(
+            "document.querySelector('[data-testid=connection]').dataset.state === 'reconnecting'",
+            timeout=RUN_TIMEOUT_MS,
+        )
+        frames = await page.locator("#stat-frames").text_content()
+        before = eta_seconds(await page.get_by_test_id("eta").text_content())
+        assert before is not None
+        # No frame arrives, yet the ETA moves on (it used to stay where the last frame left it).
+        await page.wait_for_function(
+            "before => { const text = document.querySelector('[data-testid=eta]').textContent;"
+            " const m = /^ETA (\\d+) s$/.exec(text);"
+            " return m ? Number(m[1]) < before : text === 'ETA <1 s'; }",
+            arg=before,
+            timeout=RUN_TIMEOUT_MS,
+        )
+        assert await page.locator("#stat-frames").text_content() == frames
+        connection = await page.get_by_test_id("connection").get_attribute("data-state")
+        assert connection == "reconnecting"
+
+        # The network is back: the page resumes and the run completes with the full text.
+        await context.set_offline(False)
+        await wait_completed(page)
+        state = await page.evaluate("window.streamingDemo.state()")
+        text = await page.get_by_test_id("output").text_content()
+        assert text == await result_content(server, state["executionId"])
+        assert await page.get_by_test_id("eta").text_content() == "done"
+        await context.close()
+
+
 async def test_the_page_uses_the_token_from_its_url(browser: Any) -> None:
     from streaming_module.demo.app import DemoServer
     from streaming_module.gateway.auth import JwtAuthenticator
@@ -194,13 +283,20 @@ async def test_the_page_uses_the_token_from_its_url(browser: Any) -> None:
         authenticator = JwtAuthenticator(server.container.options().gateway.authentication)
         token = authenticator.issue_token("browser-test")
         page = await browser.new_page()
-        # Without the token the page loads but cannot start a run.
+        # Without the token the page loads but cannot start a run; it says what to do.
         await page.goto(server.url + "/")
         await start_run(page, "Write about owls", words="60")
         await page.wait_for_function(
             "document.querySelector('[data-testid=status]').textContent === 'error'",
             timeout=RUN_TIMEOUT_MS,
         )
+        stage = page.locator("#stage")
+        advice = await stage.text_content() or ""
+        assert "needs a token" in advice and "?token=" in advice, advice
+        assert "streaming-module token --jwt-secret" in advice, advice
+        assert await stage.is_visible()
+        # in full, not cut off with an ellipsis
+        assert await stage.evaluate("e => e.scrollWidth <= e.clientWidth + 1")
         # With ?token= it streams to the end.
         await page.goto(f"{server.url}/?token={token}")
         await start_run(page, "Write about owls", words="60")

@@ -58,12 +58,21 @@ def demo_process(tmp_path: Path, *extra: str) -> Iterator[DemoProcess]:
         yield process
 
 
+# The installed console script, as a user types it (`python -m` would put the current folder
+# on sys.path by itself).
+CONSOLE_SCRIPT = Path(sys.executable).with_name("streaming-module")
+
+
 @contextmanager
 def server_process(
-    tmp_path: Path, *args: str, pythonpath: Path | None = None
+    tmp_path: Path,
+    *args: str,
+    pythonpath: Path | None = None,
+    command: list[str] | None = None,
+    cwd: Path | None = None,
 ) -> Iterator[DemoProcess]:
-    """Run `python -m streaming_module ARGS`, output to files, in its own session; yield once
-    it has printed `listening on URL`; stop it with killpg."""
+    """Run `python -m streaming_module ARGS` (or `command ARGS`), output to files, in its own
+    session; yield once it has printed `listening on URL`; stop it with killpg."""
     name = f"server-{uuid.uuid4().hex[:6]}"
     stdout, stderr = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -71,11 +80,12 @@ def server_process(
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), env.get("PYTHONPATH")]))
     with stdout.open("wb") as out, stderr.open("wb") as err:
         process = subprocess.Popen(
-            [sys.executable, "-m", "streaming_module", *args],
+            [*(command or [sys.executable, "-m", "streaming_module"]), *args],
             stdout=out,
             stderr=err,
             start_new_session=True,
             env=env,
+            cwd=cwd,
         )
     try:
         deadline = time.monotonic() + START_TIMEOUT
@@ -242,19 +252,24 @@ async def test_http_errors_are_clear(tmp_path: Path) -> None:
     with demo_process(tmp_path) as demo:
         url = demo.url + "/executions"
         status, body = await http_async("POST", url, {"words": 10})
-        assert status == 400 and body["error"] == "invalid_prompt"
+        assert status == 400 and body["code"] == "invalid_prompt"
         status, body = await http_async("POST", url, {"prompt": "x", "words": 0})
         assert status == 400 and "words" in body["message"]
         status, body = await http_async("POST", url, {"prompt": "x", "words": 1_000_001})
         assert status == 400
         status, body = await http_async("POST", url, {"prompt": "x", "executionId": "a b"})
-        assert status == 400 and body["error"] == "invalid_execution_id"
+        assert status == 400 and body["code"] == "invalid_execution_id"
         status, body = await http_async("POST", url, {"prompt": "x", "executionId": "dup-1"})
         assert status == 202
         status, body = await http_async("POST", url, {"prompt": "y", "executionId": "dup-1"})
         assert status == 409 and "dup-1" in body["message"]
         status, body = await http_async("GET", demo.url + "/executions/nope")
-        assert status == 404
+        assert status == 404 and body["code"] == "not_found" and "nope" in body["message"]
+        # Every error body has the same shape, whoever answers.
+        status, body = await http_async("DELETE", url)
+        assert status == 405 and set(body) == {"code", "message"}, body
+        status, body = await http_async("GET", demo.url + "/no/such/page")
+        assert status == 404 and set(body) == {"code", "message"}, body
 
 
 async def test_sigterm_shuts_down_cleanly(tmp_path: Path) -> None:
@@ -279,7 +294,7 @@ async def test_with_a_jwt_secret_clients_need_the_token(tmp_path: Path) -> None:
                 pass
         assert refused.value.response.status_code == 401
         status, body = await http_async("POST", demo.url + "/executions", {"prompt": "x"})
-        assert status == 401 and body["error"] == "unauthorized"
+        assert status == 401 and body["code"] == "unauthorized"
         status, _ = await http_async("GET", demo.url + "/executions/whatever")
         assert status == 401
         # ... a forged one too ...
@@ -293,7 +308,49 @@ async def test_with_a_jwt_secret_clients_need_the_token(tmp_path: Path) -> None:
         execution_id, frames = await watch_run(demo, "Write about owls", words=50, token=token)
         text = check_frames(frames, execution_id)
         assert (await final_state(demo, execution_id, token))["content"] == text
+
+        # The demo printed the page's URL with a fresh token of its own, ready to open.
+        lines = demo.stdout.read_text().splitlines()
+        assert lines[0] == f"listening on {demo.url}"
+        page_url = lines[1].split()[1]
+        assert page_url.startswith(demo.url + "/?token="), lines[1]
+        printed = page_url.partition("?token=")[2]
+        status, page = await asyncio.to_thread(get_page, page_url)
+        assert status == 200 and 'data-testid="output"' in page
+        execution_id, frames = await watch_run(demo, "Write about owls", words=20, token=printed)
+        check_frames(frames, execution_id)
     assert token not in demo.output()
+    assert printed not in demo.stderr.read_text()  # the user's line, never a log line
+
+
+async def test_a_busy_port_is_reported_once_with_the_port_0_hint(tmp_path: Path) -> None:
+    with demo_process(tmp_path) as demo:
+        port = demo.url.rpartition(":")[2]
+        second = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "streaming_module", "demo", "--port", port],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert second.returncode == 1 and second.stdout == ""
+    said = [line for line in second.stderr.splitlines() if "in use" in line]
+    assert len(said) == 1 and "--port 0" in said[0] and port in said[0], second.stderr
+    assert "Traceback" not in second.stderr
+
+
+async def test_serve_imports_the_app_from_the_current_folder(tmp_path: Path) -> None:
+    # What a user does: a package in their project folder, the installed script, no PYTHONPATH.
+    assert CONSOLE_SCRIPT.exists(), f"the package is not installed here ({CONSOLE_SCRIPT})"
+    project = tmp_path / "project"
+    (project / "myapp").mkdir(parents=True)
+    (project / "myapp" / "__init__.py").write_text("")
+    (project / "myapp" / "streaming.py").write_text(FACTORIES)
+    with server_process(
+        tmp_path,
+        "serve", "--app", "myapp.streaming:container", "--port", "0",
+        command=[str(CONSOLE_SCRIPT)], cwd=project,
+    ) as server:  # fmt: skip
+        status, health = await http_async("GET", server.url + "/health")
+        assert status == 200 and health["status"] == "ok"
 
 
 FACTORIES = """

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import socket
+import sys
+import uuid
+from pathlib import Path
 
 import pytest
 
+from streaming_module import cli
 from streaming_module.cli import build_parser, load_factory, main, run_until_stopped
 
 
@@ -33,17 +38,25 @@ def test_demo_options() -> None:
         (["demo", "--port", "http"], "not a port number"),
         (["demo", "--token-delay-ms", "-1"], "token delay"),
         (["demo", "--log-level", "loud"], "invalid choice"),
+        (["demo", "--redis-url", "localhost:6379"], "not a Redis URL"),
+        (["demo", "--jwt-secret", ""], "must not be empty"),
+        (["token", "--jwt-secret", "s", "--expires-in", "soon"], "not a duration"),
+        (["token", "--jwt-secret", "s", "--expires-in", "-5"], "--expires-in"),
         (["serve", "--app", "nocolon"], "package.module:factory"),
         (["serve"], "--app"),
+        (["launch"], "invalid choice"),
     ],
 )
-def test_bad_arguments_are_explained(
+def test_a_bad_value_is_one_line_with_status_2(
     argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        build_parser().parse_args(argv)
+        main(argv)
     assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.count("\n") == 1 and err.startswith("streaming-module"), err  # no usage block
+    assert "--help" in err  # where the usage is
 
 
 def test_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
@@ -100,3 +113,114 @@ async def test_servers_freeze_the_collector_once_started_only_when_asked(
     expected = ["start", "collect", "freeze", "stop"] if freeze else ["start", "stop"]
     assert calls == expected
     assert capsys.readouterr().out == "listening on http://127.0.0.1:1\n"
+
+
+def test_token_prints_only_the_token(capsys: pytest.CaptureFixture[str]) -> None:
+    from streaming_module.config import AuthenticationOptions
+    from streaming_module.gateway.auth import JwtAuthenticator
+
+    secret = "cli-unit-secret-" + "s" * 40
+    assert main(["token", "--jwt-secret", secret, "--expires-in", "5m"]) == 0
+    token = capsys.readouterr().out.strip()
+    authenticator = JwtAuthenticator(AuthenticationOptions(enabled=True, secret_key=secret))
+    assert authenticator.verify(token).subject == "demo-user"
+
+
+def _userapp(tmp_path: Path, body: str) -> str:
+    """A package ``<name>/streaming.py`` in ``tmp_path``; its import name."""
+    name = f"userapp_{uuid.uuid4().hex[:8]}"
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "__init__.py").write_text("")
+    (tmp_path / name / "streaming.py").write_text(body)
+    return f"{name}.streaming"
+
+
+@pytest.fixture
+def in_a_user_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The current folder is ``tmp_path`` and, as for the installed ``streaming-module``
+    script, it is not on ``sys.path``."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.setattr(sys, "modules", dict(sys.modules))  # the user's modules go away after
+    return tmp_path
+
+
+def test_app_is_imported_from_the_current_folder(in_a_user_folder: Path) -> None:
+    module = _userapp(in_a_user_folder, "def create():\n    return {'websocket': {'port': 1}}\n")
+    factory = load_factory(f"{module}:create")
+    assert factory() == {"websocket": {"port": 1}}
+    assert sys.modules[module].__file__ == str(in_a_user_folder / module.replace(".", "/")) + ".py"
+
+
+def test_bad_options_from_the_app_are_one_line_with_status_2(
+    in_a_user_folder: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cli, "setup_logging", lambda level: None)  # keep pytest's handlers
+    module = _userapp(
+        in_a_user_folder,
+        "def create():\n    return {'websocket': {'port': 'eighty'}, 'defaultBufferSize': -1}\n",
+    )
+    assert main(["serve", "--app", f"{module}:create"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert "websocket.port" in err and "defaultBufferSize" in err, err
+
+
+def test_a_busy_port_is_reported_once_with_the_port_0_hint(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(cli, "setup_logging", lambda level: None)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["demo", "--port", str(port)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""  # never "listening on"
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0], lines
+    assert "already in use" in lines[0] and "--port 0" in lines[0]
+    assert not [r for r in caplog.records if "in use" in r.getMessage()]  # not logged too
+    assert "stopped" not in caplog.text  # it never started
+
+
+def test_a_host_that_is_not_here_is_a_bad_value(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cli, "setup_logging", lambda level: None)
+    assert main(["demo", "--host", "192.0.2.1", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "192.0.2.1:0" in err and "--host" in err, err
+
+
+async def test_the_announcement_follows_the_listening_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    stopped = asyncio.Event()
+
+    async def start() -> str:
+        stopped.set()
+        return "http://127.0.0.1:1"
+
+    async def stop() -> None:
+        pass
+
+    def announce(url: str) -> None:
+        print(f"open {url}/?token=t")
+
+    await run_until_stopped(start, stop, stop_event=stopped, announce=announce)
+    assert capsys.readouterr().out.splitlines() == [
+        "listening on http://127.0.0.1:1",
+        "open http://127.0.0.1:1/?token=t",
+    ]
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    import streaming_module
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"streaming-module {streaming_module.__version__}\n"

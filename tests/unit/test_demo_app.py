@@ -77,7 +77,7 @@ async def test_bad_requests_get_a_clear_400(client_and_app: Any, payload: Any, c
         response = await client.post("/executions", json=payload)
     assert response.status == 400
     body = await response.json()
-    assert body["error"] == code and body["message"]
+    assert set(body) == {"code", "message"} and body["code"] == code and body["message"]
 
 
 async def test_a_taken_id_is_a_conflict_and_bounds_answer_503(client_and_app: Any) -> None:
@@ -89,7 +89,7 @@ async def test_a_taken_id_is_a_conflict_and_bounds_answer_503(client_and_app: An
     assert response.status == 409
     assert (await client.post("/executions", json={"prompt": "b"})).status == 202
     busy = await client.post("/executions", json={"prompt": "c"})
-    assert busy.status == 503 and (await busy.json())["error"] == "busy"
+    assert busy.status == 503 and (await busy.json())["code"] == "busy"
     workflow.gate.set()
     await asyncio.gather(*(r.task for r in demo.executions.values()))
     # Finished runs make room; the oldest is forgotten past max_executions.
@@ -118,3 +118,50 @@ async def test_the_page_and_its_assets_are_served(client_and_app: Any) -> None:
     for asset in ("/static/demo.js", "/static/demo.css"):
         assert (await client.get(asset)).status == 200
     assert (await client.get("/static/secret.py")).status == 404
+
+
+async def test_every_http_error_body_is_code_and_message() -> None:
+    # The gateway's application with the demo's routes, as `streaming-module demo` serves it.
+    from streaming_module.config import StreamingModuleOptions
+    from streaming_module.gateway.gateway import StreamingWebSocketGateway
+
+    gateway = StreamingWebSocketGateway(
+        StreamingModuleOptions(gateway={"cors": {"origin": ["http://app.example"]}})
+    )
+    demo = DemoApp(GatedWorkflow())
+    demo.install(gateway.app)
+    async with TestClient(TestServer(gateway.app)) as client:
+        answers = {
+            "no such route": await client.get("/no/such/page"),
+            "wrong method": await client.delete("/executions"),
+            "unknown asset": await client.get("/static/nope.js"),
+            "bad body": await client.post("/executions", json={"prompt": ""}),
+            "unknown run": await client.get("/executions/nope"),
+            "plain GET of /ws": await client.get("/ws"),
+            "foreign origin": await client.get(
+                "/health", headers={"Origin": "https://evil.example"}
+            ),
+        }
+        statuses = {name: response.status for name, response in answers.items()}
+        assert statuses == {
+            "no such route": 404,
+            "wrong method": 405,
+            "unknown asset": 404,
+            "bad body": 400,
+            "unknown run": 404,
+            "plain GET of /ws": 426,
+            "foreign origin": 403,
+        }
+        for name, response in answers.items():
+            assert response.content_type == "application/json", name
+            body = await response.json()
+            assert set(body) == {"code", "message"} and body["code"] and body["message"], name
+        assert (await answers["no such route"].json())["code"] == "not_found"
+        wrong_method = answers["wrong method"]
+        assert (await wrong_method.json())["code"] == "method_not_allowed"
+        assert "POST" in wrong_method.headers["Allow"]
+        # The CORS middleware still adds its headers to these answers.
+        missing = await client.get("/no/such/page", headers={"Origin": "http://app.example"})
+        assert missing.status == 404 and (await missing.json())["code"] == "not_found"
+        assert missing.headers["Access-Control-Allow-Origin"] == "http://app.example"
+    await demo.aclose()

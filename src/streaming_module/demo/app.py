@@ -83,7 +83,8 @@ class ExecutionRecord:
 
 
 class HttpError(Exception):
-    """An HTTP error answer with a JSON body ``{"error": code, "message": message}``."""
+    """An HTTP error answer with a JSON body ``{"code": code, "message": message}``, the shape
+    of every HTTP error body of the library."""
 
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
@@ -92,7 +93,7 @@ class HttpError(Exception):
         self.message = message
 
     def response(self) -> web.Response:
-        return _json({"error": self.code, "message": self.message}, status=self.status)
+        return _json({"code": self.code, "message": self.message}, status=self.status)
 
 
 def _json(body: Any, *, status: int = 200) -> web.Response:

@@ -114,7 +114,7 @@ class StreamingWebSocketGateway:
         self._port: int | None = None
         self._host: str | None = None
         self._accepting = True
-        self.app = web.Application(middlewares=[cors_middleware(self._cors)])
+        self.app = web.Application(middlewares=[cors_middleware(self._cors), _json_errors])
         self.app.router.add_get("/health", self._health)
         self.app.router.add_get("/", self._root)
         self.app.router.add_get("/ws", self.websocket_handler)
@@ -463,6 +463,28 @@ def _is_upgrade(request: web.Request) -> bool:
         "websocket" in request.headers.get(hdrs.UPGRADE, "").lower()
         and "upgrade" in request.headers.get(hdrs.CONNECTION, "").lower()
     )
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own errors (no such route 404, 405, 413, ...) answer in the shape of ours,
+    ``{"code", "message"}``, instead of a text body; their headers (``Allow``) are kept."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        code = exc.reason.lower().replace(" ", "_").replace("-", "_")
+        target = f"{request.method} {request.path}"[:200]
+        message = f"{exc.reason}: {target}"
+        if isinstance(exc, web.HTTPMethodNotAllowed):
+            message += f"; allowed: {', '.join(sorted(exc.allowed_methods))}"
+        headers = exc.headers.copy()
+        headers.popall(hdrs.CONTENT_TYPE, None)
+        headers.popall(hdrs.CONTENT_LENGTH, None)
+        return web.json_response(
+            {"code": code, "message": message}, status=exc.status, headers=headers
+        )
 
 
 def _refusal(

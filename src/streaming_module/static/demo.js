@@ -30,7 +30,16 @@
     reconnects: $("stat-reconnects"), clearLog: $("clear-log")
   };
 
-  var NOT_AUTHORIZED = "not authorized: this server needs a token; open the page as /?token=<JWT>";
+  var NOT_AUTHORIZED = token
+    ? "not authorized: the token in this page's address was refused (expired?)"
+    : "not authorized: this server needs a token";
+  // What the stage tells the user to do about it.
+  var TOKEN_ADVICE = token
+    ? "The token in this address was refused (expired?): get a new one with " +
+      "'streaming-module token --jwt-secret SECRET' and open this page with ?token=<JWT>."
+    : "This server needs a token: open the URL 'streaming-module demo --jwt-secret …' " +
+      "printed, or add ?token=<JWT> to this address ('streaming-module token --jwt-secret " +
+      "SECRET' prints one).";
 
   var run = null; // the current run's state, see newRun()
 
@@ -42,7 +51,11 @@
     return {
       id: executionId, socket: null, lastSequence: 0, posted: false, finished: false,
       attempts: 0, reconnects: 0, timer: null, progress: 0, words: 0, frames: 0,
-      duplicates: 0, pendingText: "", textNode: null, flushScheduled: false
+      duplicates: 0, pendingText: "", textNode: null, flushScheduled: false,
+      // ETA: when the node should be done (performance.now() ms; null: estimating, undefined:
+      // no estimate yet), and the smallest "now - frame timestamp" seen, i.e. the clock skew
+      // plus the least latency.
+      etaDeadline: undefined, clockOffset: Infinity
     };
   }
 
@@ -79,6 +92,12 @@
     el.log.appendChild(li);
     while (el.log.childElementCount > MAX_LOG_ENTRIES) el.log.removeChild(el.log.firstElementChild);
     if (stick) el.log.scrollTop = el.log.scrollHeight;
+    return msg;
+  }
+
+  function setStage(text, state) {
+    el.stage.textContent = text;
+    el.stage.setAttribute("data-state", state || "");
   }
 
   function setConnection(state, label) {
@@ -96,6 +115,30 @@
     el.progress.setAttribute("aria-valuenow", String(value));
     el.bar.style.width = value + "%";
     el.progressText.textContent = value + "%";
+  }
+
+  // The ETA counts down between progress frames, so it keeps moving while the connection is
+  // down (no frames) and resumes from the replayed frames, aged by their timestamps.
+  function noteEta(seconds, timestamp) {
+    if (seconds === null || seconds === undefined || !isFinite(seconds)) {
+      run.etaDeadline = null;
+    } else {
+      var sent = Date.parse(timestamp);
+      var age = 0;
+      if (isFinite(sent)) {
+        var delay = Date.now() - sent;
+        if (delay < run.clockOffset) run.clockOffset = delay;
+        age = delay - run.clockOffset; // ~0 live, the frame's age when replayed
+      }
+      run.etaDeadline = performance.now() - age + seconds * 1000;
+    }
+    renderEta();
+  }
+
+  function renderEta() {
+    if (!run || run.finished || run.etaDeadline === undefined) return;
+    setEta(run.etaDeadline === null ? null
+      : Math.max(0, (run.etaDeadline - performance.now()) / 1000));
   }
 
   function setEta(seconds) {
@@ -143,16 +186,16 @@
 
   // ---------------------------------------------------------------- frames
 
-  function onProgress(payload) {
+  function onProgress(payload, timestamp) {
     var percent = Number(payload.progress) || 0;
     var nodeId = payload.nodeId || payload.node_id;
     var stage = nodeId && STAGES[nodeId];
     var overall = stage ? stage.from + (stage.to - stage.from) * (percent / 100) : percent;
     if (overall > run.progress) run.progress = overall;
     setProgress(run.progress);
-    if (stage) el.stage.textContent = stage.label;
+    if (stage) setStage(stage.label);
     // The run-wide tracker (no nodeId) counts nodes, so its ETA is coarse: prefer the node's.
-    if (nodeId && "eta" in payload) setEta(payload.eta);
+    if (nodeId && "eta" in payload) noteEta(payload.eta, timestamp);
   }
 
   function describeEvent(payload) {
@@ -184,9 +227,10 @@
       run.progress = 100;
       setProgress(100);
       el.eta.textContent = "done";
-      el.stage.textContent = "finished";
+      setStage("finished");
     } else {
-      el.stage.textContent = status;
+      el.eta.textContent = "ETA —";
+      setStage(status, "error");
     }
     setStatus(status);
     log("status", "run " + status + (payload.error ? ": " + payload.error : "") +
@@ -211,7 +255,7 @@
         appendText(content);
         break;
       case "progress":
-        onProgress(payload);
+        onProgress(payload, frame.timestamp);
         break;
       case "event":
         log("event", describeEvent(payload));
@@ -251,7 +295,8 @@
       case "error":
         var p = frame.payload || {};
         log("error", (p.code || "error") + ": " + (p.message || "server error"));
-        if (p.code === "unauthorized" || p.code === "forbidden") fail(p.message || p.code);
+        if (p.code === "unauthorized") fail(NOT_AUTHORIZED, TOKEN_ADVICE);
+        else if (p.code === "forbidden") fail(p.message || p.code, "this token may not watch that run");
         return;
       case "pong":
       case "unsubscribed":
@@ -300,9 +345,13 @@
     socket.addEventListener("open", function () { opened = true; });
     socket.onclose = function (event) {
       if (run !== current || current.finished) return;
-      if (event.code === 4401 || event.code === 4403) {
-        fail(event.code === 4401 ? NOT_AUTHORIZED
-          : "forbidden: this token may not watch that execution");
+      if (event.code === 4401) {
+        fail(NOT_AUTHORIZED, TOKEN_ADVICE);
+        return;
+      }
+      if (event.code === 4403) {
+        fail("forbidden: this token may not watch that execution",
+          "this token may not watch that run");
         return;
       }
       if (opened) {
@@ -314,7 +363,7 @@
       fetch("/executions/" + encodeURIComponent(current.id), { headers: authHeaders() })
         .then(function (response) {
           if (run !== current || current.finished) return;
-          if (response.status === 401) fail(NOT_AUTHORIZED);
+          if (response.status === 401) fail(NOT_AUTHORIZED, TOKEN_ADVICE);
           else scheduleReconnect(current, "could not connect");
         }, function () {
           if (run === current) scheduleReconnect(current, "server unreachable");
@@ -325,7 +374,8 @@
   function scheduleReconnect(current, reason) {
     if (current.finished || current.timer) return;
     if (current.attempts >= MAX_RECONNECTS) {
-      fail("gave up after " + MAX_RECONNECTS + " reconnect attempts");
+      fail("gave up after " + MAX_RECONNECTS + " reconnect attempts",
+        "the server is unreachable: start a new run when it is back");
       return;
     }
     // Exponential backoff with jitter: 250 ms, 500 ms, 1 s, ... capped at 8 s.
@@ -340,13 +390,16 @@
     }, delay);
   }
 
-  function fail(message) {
+  // Ends the run: ``message`` goes to the log, ``advice`` (what to do now) to the stage.
+  function fail(message, advice) {
     if (!run) return;
     run.finished = true;
     if (run.timer) { window.clearTimeout(run.timer); run.timer = null; }
     if (run.socket) run.socket.close(1000);
     el.output.classList.remove("streaming");
     el.start.disabled = false;
+    el.eta.textContent = "ETA —";
+    setStage(advice || message, "error");
     setStatus("error");
     setConnection("failed", "disconnected");
     log("error", message);
@@ -356,6 +409,9 @@
 
   function startExecution() {
     var current = run;
+    // Logged now, completed in place when the answer comes: the server accepts the run before
+    // its first frame, which may well arrive before this answer.
+    var line = log("conn", "POST /executions · starting the run…");
     var headers = authHeaders();
     headers["Content-Type"] = "application/json";
     fetch("/executions", {
@@ -370,11 +426,13 @@
       return response.json().catch(function () { return {}; }).then(function (body) {
         if (run !== current) return;
         if (response.status === 202) {
-          log("conn", "POST /executions → 202 · run accepted");
+          line.textContent = "POST /executions → 202 · run accepted";
           if (el.status.textContent === "connecting") setStatus("running");
         } else {
-          fail("POST /executions → " + response.status + ": " +
-            ((body && (body.message || body.error)) || response.statusText));
+          line.textContent = "POST /executions → " + response.status;
+          var reason = (body && (body.message || body.code)) || response.statusText;
+          if (response.status === 401) fail(NOT_AUTHORIZED + ": " + reason, TOKEN_ADVICE);
+          else fail("POST /executions → " + response.status + ": " + reason);
         }
       });
     }).catch(function (e) {
@@ -400,7 +458,7 @@
     el.output.classList.remove("streaming");
     el.executionId.textContent = run.id;
     el.start.disabled = true;
-    el.stage.textContent = "connecting";
+    setStage("connecting");
     el.eta.textContent = "ETA —";
     setProgress(0);
     setStatus("connecting");
@@ -417,6 +475,7 @@
     if (event.key === "Enter" && (event.metaKey || event.ctrlKey)) start();
   });
   el.clearLog.addEventListener("click", function () { el.log.textContent = ""; });
+  window.setInterval(renderEta, 500);
 
   // A small handle for tests and for the curious: window.streamingDemo.dropConnection()
   // closes the socket as a network failure would; the page then reconnects and resumes.
