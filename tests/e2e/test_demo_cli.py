@@ -242,13 +242,13 @@ async def test_http_errors_are_clear(tmp_path: Path) -> None:
     with demo_process(tmp_path) as demo:
         url = demo.url + "/executions"
         status, body = await http_async("POST", url, {"words": 10})
-        assert status == 400 and body["error"] == "invalid_prompt"
+        assert status == 400 and body["code"] == "invalid_prompt"
         status, body = await http_async("POST", url, {"prompt": "x", "words": 0})
         assert status == 400 and "words" in body["message"]
         status, body = await http_async("POST", url, {"prompt": "x", "words": 1_000_001})
         assert status == 400
         status, body = await http_async("POST", url, {"prompt": "x", "executionId": "a b"})
-        assert status == 400 and body["error"] == "invalid_execution_id"
+        assert status == 400 and body["code"] == "invalid_execution_id"
         status, body = await http_async("POST", url, {"prompt": "x", "executionId": "dup-1"})
         assert status == 202
         status, body = await http_async("POST", url, {"prompt": "y", "executionId": "dup-1"})
@@ -279,7 +279,7 @@ async def test_with_a_jwt_secret_clients_need_the_token(tmp_path: Path) -> None:
                 pass
         assert refused.value.response.status_code == 401
         status, body = await http_async("POST", demo.url + "/executions", {"prompt": "x"})
-        assert status == 401 and body["error"] == "unauthorized"
+        assert status == 401 and body["code"] == "unauthorized"
         status, _ = await http_async("GET", demo.url + "/executions/whatever")
         assert status == 401
         # ... a forged one too ...

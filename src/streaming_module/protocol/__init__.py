@@ -1,0 +1,1 @@
+"""Sans-I/O wire protocols: pure functions and state machines, no asyncio, aiohttp or Redis."""
