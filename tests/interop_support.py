@@ -121,6 +121,8 @@ async def serve(
         "writer",
         Writer(llm=DemoChatModel(token_delay_ms=token_delay_ms), **services),
         options=("words",),
+        agui="/agui",
+        ai_chat="/api/chat",
     )
     gateway.register_workflow("blocker", make_blocker(gate)(**services))
     async with container:

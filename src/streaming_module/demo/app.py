@@ -95,6 +95,8 @@ class DemoApp:
             workflow,
             make_input=demo_input(default_words),
             options=("words",),
+            agui="/agui",
+            ai_chat="/api/chat",
         )
 
     @property

@@ -570,8 +570,9 @@ class RunsApi:
         task.cancel()
         done, _ = await asyncio.wait({task}, timeout=self.options.cancel_wait)
         if not done:
-            logger.warning("run %s did not stop within %.1f s", run.execution_id,
-                           self.options.cancel_wait)  # fmt: skip
+            logger.warning(
+                "run %s did not stop within %.1f s", run.execution_id, self.options.cancel_wait
+            )
 
     async def _ensure_control(self) -> None:
         """Listen (live only) for cancel requests from other instances, once."""
