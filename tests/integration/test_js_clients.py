@@ -174,3 +174,26 @@ async def test_ai_sdk_refuses_a_bad_jwt_before_any_part_or_204(secured: DemoServ
     good = jwt.encode({"sub": "x", "exp": int(time.time()) + 60}, SECRET, "HS256")
     resumed = await run_client("aisdk-resume", base=secured.url, chatId="none", token=good)
     assert resumed == {"error": None, "status": 204, "warnings": []}
+
+
+async def test_ai_sdk_client_resumes_a_run_started_through_agui(demo: DemoServer) -> None:
+    """Cross-protocol with the real client: an AG-UI run (thread = chat) watched by useChat's
+    reconnectToStream."""
+    import aiohttp
+
+    body = {
+        "threadId": "thread-js",
+        "runId": "agui-js",
+        "state": {},
+        "tools": [],
+        "context": [],
+        "forwardedProps": {"words": 600},
+        "messages": [{"id": "u", "role": "user", "content": "Write about canals"}],
+    }
+    async with aiohttp.ClientSession() as session:
+        async with session.post(demo.url + "/agui", json=body) as response:
+            await response.content.readuntil(b"\n\n")  # RUN_STARTED, then the client leaves
+    result = await run_client("aisdk-resume", base=demo.url, chatId="thread-js")
+    assert result["error"] is None and result["status"] == 200
+    assert result["types"][0] == "start" and result["messageId"] == "agui-js"
+    assert result["text"] == await final_content(demo, "agui-js")

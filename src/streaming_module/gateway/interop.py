@@ -113,8 +113,11 @@ class AguiEndpoint:
                 for k in self.registration.options
                 if isinstance(props, dict) and k in props
             }
+            # The thread is the conversation: the AI SDK's resume finds its run as a chat id.
             await runs.start(
-                StartRequest(self.registration.name, prompt, None, run_id, options), claims=claims
+                StartRequest(self.registration.name, prompt, None, run_id, options),
+                claims=claims,
+                chat_id=run_input.thread_id,
             )
             await runs.broker.save_run(
                 RunRecord(
