@@ -16,9 +16,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -66,42 +64,6 @@ async def _sse_clients_main(url: str, clients: int, expected: int) -> None:
             response.close()
 
 
-async def _run_sse_clients(url: str, expected: int, send: Any) -> float:
-    from bench_fanout import _tail
-
-    errors = tempfile.NamedTemporaryFile(prefix="bench_interop_", suffix=".err", delete=False)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        _SCRIPT,
-        "--sse-clients",
-        url,
-        str(CLIENTS),
-        str(expected),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=errors,
-        env={**os.environ, "NO_PROXY": "127.0.0.1,localhost"},
-        start_new_session=True,
-    )
-    try:
-        assert proc.stdout is not None
-        if (await asyncio.wait_for(proc.stdout.readline(), 60)).strip() != b"ready":
-            raise RuntimeError(f"SSE client process failed: {_tail(errors.name)}")
-        start = time.perf_counter()
-        await send()
-        line = await asyncio.wait_for(proc.stdout.readline(), 300)
-        elapsed = time.perf_counter() - start
-        if line.strip() != b"done":
-            raise RuntimeError(f"SSE client process failed: {_tail(errors.name)}")
-        await asyncio.wait_for(proc.wait(), 30)
-        return elapsed
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        errors.close()
-        os.unlink(errors.name)
-
-
 async def _fanout(messages: int, mode: str) -> float:
     """Frames/s to CLIENTS clients over ``mode`` ("sse" or "ws"), one gateway and broker."""
     from bench_fanout import _options, _run_clients
@@ -124,7 +86,7 @@ async def _fanout(messages: int, mode: str) -> float:
     try:
         if mode == "sse":
             url = f"{gateway.url}/executions/{execution_id}/events"
-            elapsed = await _run_sse_clients(url, messages, send)
+            elapsed = await _run_clients(url, messages, "sse", send, script=_SCRIPT)
         else:
             # bench_fanout's clients subscribe to "bench": publish there for them.
             execution_id = "bench"
@@ -187,18 +149,7 @@ def _encoding_costs(frames_per_round: int, tokens_per_frame: int) -> dict[str, f
             sse.encode_frame(frame)
         return (time.perf_counter() - start) / len(frames) * 1e6
 
-    def ag_ui() -> float:
-        encoder = agui.AguiEncoder("bench", "thread")
-        for frame in opening:
-            encoder.encode(frame)
-        frames = _token_frames(frames_per_round, tokens_per_frame)
-        start = time.perf_counter()
-        for frame in frames:
-            encoder.encode(frame)
-        return (time.perf_counter() - start) / len(frames) * 1e6
-
-    def ai_sdk() -> float:
-        encoder = aisdk.UIMessageStreamEncoder("bench")
+    def steady(encoder: Any) -> float:
         for frame in opening:
             encoder.encode(frame)
         frames = _token_frames(frames_per_round, tokens_per_frame)
@@ -213,8 +164,8 @@ def _encoding_costs(frames_per_round: int, tokens_per_frame: int) -> dict[str, f
     for _ in range(15):  # interleaved, so drifts in machine load hit all alike
         samples["native"].append(native())
         samples["fresh"].append(native_fresh())
-        samples["agui"].append(ag_ui())
-        samples["aisdk"].append(ai_sdk())
+        samples["agui"].append(steady(agui.AguiEncoder("bench", "thread")))
+        samples["aisdk"].append(steady(aisdk.UIMessageStreamEncoder("bench")))
     for name, values in samples.items():
         results[name] = statistics.median(values)
     return results
@@ -267,8 +218,9 @@ def run(quick: bool = False) -> list[Any]:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--sse-clients":
-        asyncio.run(_sse_clients_main(sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
+    if len(sys.argv) > 1 and sys.argv[1] == "--clients":  # bench_fanout._run_clients' argv
+        _, _, url, clients, expected, _mode = sys.argv
+        asyncio.run(_sse_clients_main(url, int(clients), int(expected)))
     else:
         for r in run(quick="--quick" in sys.argv):
             print(r)

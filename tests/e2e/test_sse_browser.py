@@ -5,29 +5,12 @@ Playwright (never a downloaded browser); the demo server runs in this process.""
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-import pytest
+from browser_support import BROWSER_MARKS
 
-os.environ["NO_PROXY"] = "127.0.0.1,localhost"
-os.environ["no_proxy"] = "127.0.0.1,localhost"
-
-CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = BROWSER_MARKS
 SECRET = "sse-browser-secret-" + "q" * 40
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(),
-        reason="needs Debian's chromium at /usr/bin/chromium (apt-get install -y chromium); "
-        "never a browser downloaded by `playwright install`",
-    ),
-]
-
-playwright_api = pytest.importorskip("playwright.async_api", reason="needs the playwright package")
 
 # Opens an EventSource and records every frame, open and error; closes it on the final status
 # (else a finished stream makes an EventSource reconnect: the server then answers 204).
@@ -48,18 +31,6 @@ WATCH = """
   }
 }
 """
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    async with playwright_api.async_playwright() as p:
-        instance = await p.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox", "--disable-gpu"]
-        )
-        try:
-            yield instance
-        finally:
-            await instance.close()
 
 
 async def test_event_source_streams_the_exact_text_and_resumes_after_a_server_cut(

@@ -122,6 +122,45 @@
     run.page.setConnection("idle", "idle");
   }
 
+  // One streamed request of a run (the POST that starts it, or a resume GET): `consume` reads the
+  // body; a drop, an error or an early end retries with `again` (a resume); a refusal fails the run;
+  // a 204 means there is nothing left to watch. The drop button aborts it.
+  function stream(run, method, url, extraHeaders, body, consume, again) {
+    function failed(error) {
+      if (run.finished || current !== run) return;
+      retry(run, "connection lost (" + (error && error.name) + ")", again);
+    }
+    var controller = new AbortController();
+    run.controller = controller;
+    run.drop = function () {
+      controller.abort();
+      run.page.log("conn", run.label + " connection dropped on purpose");
+      return true;
+    };
+    var init = { method: method, signal: controller.signal, headers: headers(run.page, extraHeaders) };
+    if (body !== null) {
+      init.headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    fetch(url, init).then(function (response) {
+      if (response.status === 204) {
+        run.page.log("resume", "no active run any more");
+        finish(run);
+        return null;
+      }
+      if (!response.ok) {
+        return response.json().catch(function () { return {}; }).then(function (answer) {
+          if (method === "GET" && response.status >= 500) throw new Error("HTTP " + response.status);
+          run.page.fail(method + " " + url + " → " + response.status + ": " +
+            (answer.message || answer.code || response.statusText));
+          run.finished = true;
+        });
+      }
+      if (method === "POST") run.page.log("conn", "POST " + url + " → 200 · " + run.label);
+      return consume(response).then(function () { if (!run.finished) failed({ name: "ended" }); });
+    }).catch(failed);
+  }
+
   // ---------------------------------------------------------------- native SSE
 
   function startSse(run) {
@@ -201,46 +240,16 @@
         return true;
       });
     }
-    function failed(error) {
-      if (run.finished || current !== run) return;
-      retry(run, "connection lost (" + (error && error.name) + ")", resume);
-    }
     function resume() {
-      run.controller = new AbortController();
-      fetch("/agui/runs/" + encodeURIComponent(run.id) + "/events", {
-        headers: headers(run.page, lastId ? { "Last-Event-ID": lastId } : {}),
-        signal: run.controller.signal
-      }).then(function (response) {
-        if (!response.ok) throw new Error("HTTP " + response.status);
-        return consume(response);
-      }).then(function () { if (!run.finished) failed({ name: "ended" }); }).catch(failed);
+      var after = lastId ? { "Last-Event-ID": lastId } : {};
+      stream(run, "GET", "/agui/runs/" + encodeURIComponent(run.id) + "/events", after, null,
+        consume, resume);
     }
-    run.controller = new AbortController();
-    fetch("/agui", {
-      method: "POST",
-      headers: headers(run.page, { "Content-Type": "application/json", Accept: "text/event-stream" }),
-      signal: run.controller.signal,
-      body: JSON.stringify({
-        threadId: "demo-thread", runId: run.id, state: {}, tools: [], context: [],
-        forwardedProps: { words: run.page.words() },
-        messages: [{ id: run.id + "-user", role: "user", content: run.page.prompt() }]
-      })
-    }).then(function (response) {
-      if (!response.ok) {
-        return response.json().catch(function () { return {}; }).then(function (body) {
-          run.page.fail("POST /agui → " + response.status + ": " + (body.message || body.code || ""));
-          run.finished = true;
-        });
-      }
-      run.page.log("conn", "POST /agui → 200 · AG-UI events");
-      return consume(response).then(function () { if (!run.finished) failed({ name: "ended" }); });
-    }).catch(failed);
-    run.drop = function () {
-      if (!run.controller) return false;
-      run.controller.abort();
-      run.page.log("conn", "AG-UI connection dropped on purpose");
-      return true;
-    };
+    stream(run, "POST", "/agui", { Accept: "text/event-stream" }, {
+      threadId: "demo-thread", runId: run.id, state: {}, tools: [], context: [],
+      forwardedProps: { words: run.page.words() },
+      messages: [{ id: run.id + "-user", role: "user", content: run.page.prompt() }]
+    }, consume, resume);
   }
 
   // ---------------------------------------------------------------- AI SDK
@@ -276,45 +285,14 @@
         return true;
       });
     }
-    function failed(error) {
-      if (run.finished || current !== run) return;
-      retry(run, "connection lost (" + (error && error.name) + ")", resume);
-    }
     function resume() {
-      run.controller = new AbortController();
-      fetch("/api/chat/" + encodeURIComponent(chatId) + "/stream", {
-        headers: headers(run.page), signal: run.controller.signal
-      }).then(function (response) {
-        if (response.status === 204) { run.page.log("resume", "no active run any more"); finish(run); return; }
-        if (!response.ok) throw new Error("HTTP " + response.status);
-        return consume(response).then(function () { if (!run.finished) failed({ name: "ended" }); });
-      }).catch(failed);
+      stream(run, "GET", "/api/chat/" + encodeURIComponent(chatId) + "/stream", {}, null,
+        consume, resume);
     }
-    run.controller = new AbortController();
-    fetch("/api/chat", {
-      method: "POST",
-      headers: headers(run.page, { "Content-Type": "application/json" }),
-      signal: run.controller.signal,
-      body: JSON.stringify({
-        id: chatId, trigger: "submit-message", words: run.page.words(),
-        messages: [{ id: chatId + "-user", role: "user", parts: [{ type: "text", text: run.page.prompt() }] }]
-      })
-    }).then(function (response) {
-      if (!response.ok) {
-        return response.json().catch(function () { return {}; }).then(function (body) {
-          run.page.fail("POST /api/chat → " + response.status + ": " + (body.message || body.code || ""));
-          run.finished = true;
-        });
-      }
-      run.page.log("conn", "POST /api/chat → 200 · UI message stream v1");
-      return consume(response).then(function () { if (!run.finished) failed({ name: "ended" }); });
-    }).catch(failed);
-    run.drop = function () {
-      if (!run.controller) return false;
-      run.controller.abort();
-      run.page.log("conn", "AI SDK connection dropped on purpose");
-      return true;
-    };
+    stream(run, "POST", "/api/chat", {}, {
+      id: chatId, trigger: "submit-message", words: run.page.words(),
+      messages: [{ id: chatId + "-user", role: "user", parts: [{ type: "text", text: run.page.prompt() }] }]
+    }, consume, resume);
   }
 
   // ---------------------------------------------------------------- hooks
