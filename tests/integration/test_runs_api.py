@@ -241,3 +241,30 @@ async def test_bounds_a_body_too_large_and_a_result_too_large_for_the_record() -
 def test_resume_points_are_parsed_strictly(bad: str) -> None:
     with pytest.raises(sse.ResumeError):
         sse.resume_point(bad, None)
+
+
+async def test_an_sse_stream_ends_when_its_token_expires_and_the_reconnect_is_refused() -> None:
+    async with serve(jwt_secret=SECRET) as server, aiohttp.ClientSession() as session:
+        good = {"Authorization": f"Bearer {token()}"}
+        await session.post(
+            server.url + "/executions",
+            headers=good,
+            json={"workflow": "blocker", "prompt": "x", "executionId": "exp-1"},
+        )
+        short = jwt.encode({"sub": "t", "exp": int(time.time()) + 2}, SECRET, "HS256")
+        url = f"{server.url}/executions/exp-1/events?token={short}"
+        async with session.get(url) as response:
+            assert response.status == 200
+            events, _ = await read_sse(response, within=10)  # ends by itself, unfinished
+        frames = [e.json() for e in events]
+        assert frames[0]["payload"]["status"] == "started"
+        assert [f for f in frames if f["type"] == "status"] == frames[:1]  # no final status
+        await asyncio.sleep(
+            max(
+                0.0,
+                jwt.decode(short, options={"verify_signature": False})["exp"] + 0.1 - time.time(),
+            )
+        )
+        async with session.get(url) as response:
+            assert response.status == 401
+        server.gate.release.set()

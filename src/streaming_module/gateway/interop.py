@@ -127,7 +127,9 @@ class AguiEndpoint:
             stream = await runs.open_stream(run_id, 0)
         except HttpError as exc:
             return exc.response()
-        return await self._respond(request, stream, run_id, run_input.thread_id, None)
+        return await self._respond(
+            request, stream, run_id, run_input.thread_id, None, runs.expiry(claims)
+        )
 
     async def handle_events(self, request: web.Request) -> web.StreamResponse:
         runs = self.runs
@@ -147,7 +149,7 @@ class AguiEndpoint:
             stream = await runs.open_stream(run_id, 0)
         except HttpError as exc:
             return exc.response()
-        return await self._respond(request, stream, run_id, thread_id, resume)
+        return await self._respond(request, stream, run_id, thread_id, resume, runs.expiry(claims))
 
     async def _respond(
         self,
@@ -156,6 +158,7 @@ class AguiEndpoint:
         run_id: str,
         thread_id: str,
         resume: tuple[int, int] | None,
+        until: float | None,
     ) -> web.StreamResponse:
         encoder = agui.AguiEncoder(run_id, thread_id, resume_after=resume)
 
@@ -164,7 +167,10 @@ class AguiEndpoint:
                 encoder.final_state = await final_state(self.runs, run_id)
 
         chunks = stream.sse(
-            encoder.encode, heartbeat=self.runs.options.sse_heartbeat, before_final=before_final
+            encoder.encode,
+            heartbeat=self.runs.options.sse_heartbeat,
+            before_final=before_final,
+            until=until,
         )
         return await self.runs.respond(request, chunks, run_id)
 
@@ -206,7 +212,7 @@ class ChatEndpoint:
             stream = await runs.open_stream(run.execution_id, 0)
         except HttpError as exc:
             return exc.response()
-        return await self._respond(request, stream, run.execution_id)
+        return await self._respond(request, stream, run.execution_id, runs.expiry(claims))
 
     async def handle_resume(self, request: web.Request) -> web.StreamResponse:
         runs = self.runs
@@ -231,13 +237,13 @@ class ChatEndpoint:
         if stream.replayed_final:  # the run ended: nothing active to resume
             stream.close()
             return web.Response(status=204, headers=runs.cors_headers(request))
-        return await self._respond(request, stream, execution_id)
+        return await self._respond(request, stream, execution_id, runs.expiry(claims))
 
     async def _respond(
-        self, request: web.Request, stream: Any, execution_id: str
+        self, request: web.Request, stream: Any, execution_id: str, until: float | None
     ) -> web.StreamResponse:
         encoder = aisdk.UIMessageStreamEncoder(execution_id)
-        chunks = stream.sse(encoder.encode, heartbeat=self.runs.options.sse_heartbeat)
+        chunks = stream.sse(encoder.encode, heartbeat=self.runs.options.sse_heartbeat, until=until)
         return await self.runs.respond(request, chunks, execution_id, aisdk.HEADERS)
 
 

@@ -354,6 +354,13 @@ class RunsApi:
             raise _unauthorized(exc) from None
 
     @staticmethod
+    def expiry(claims: Claims | None) -> float | None:
+        """When a stream opened with these claims must end: the token's ``exp`` (epoch
+        seconds), or None."""
+        exp = claims.raw.get("exp") if claims is not None else None
+        return float(exp) if isinstance(exp, (int, float)) and not isinstance(exp, bool) else None
+
+    @staticmethod
     def check_access(claims: Claims | None, execution_id: str, action: str = "read") -> None:
         """403 unless the token may touch ``execution_id`` (its ``executions`` claim)."""
         if claims is not None and not claims.may_subscribe(execution_id):
@@ -675,6 +682,7 @@ class RunsApi:
             sse.encode_frame,
             prelude=sse.retry(self.options.sse_retry_ms),
             heartbeat=self.options.sse_heartbeat,
+            until=self.expiry(claims),
         )
         return await self.respond(request, chunks, execution_id)
 

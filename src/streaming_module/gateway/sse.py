@@ -121,6 +121,7 @@ class ExecutionStream:
         tick: float = 1.0,
         before_final: Callable[[Frame], Awaitable[None]] | None = None,
         epilogue: bytes = b"",
+        until: float | None = None,
     ) -> AsyncIterator[bytes]:
         """Yield ``prelude``, then ``encode(frame)`` for each frame in order (several frames per
         chunk when they queued up), ``epilogue`` after the final status, then stop.
@@ -128,12 +129,16 @@ class ExecutionStream:
         While idle, yields ``b""`` every ``tick`` seconds (a writer checks its connection then)
         and a comment heartbeat every ``heartbeat`` seconds. ``before_final`` is awaited before
         the final status is encoded (e.g. to fetch the run's result). Ends early when the queue
-        overflowed (the client resumes) or :meth:`close` was called."""
+        overflowed (the client resumes), at ``until`` (epoch seconds: the JWT's ``exp``; the
+        client's reconnect then needs a fresh token) or when :meth:`close` was called."""
         try:
             if prelude:
                 yield prelude
             quiet_since = time.monotonic()
             while not self.closed:
+                if until is not None and time.time() >= until:
+                    logger.info("SSE stream of %s ends: its token expired", self.execution_id)
+                    return
                 if not self._frames:
                     self._wakeup.clear()
                     try:
