@@ -18,6 +18,9 @@ Bounds (from :class:`~streaming_module.config.BrokerOptions`):
   (a client de-duplicating by sequence would silently drop the restarted ones) and a resume is
   never met with silence.
 
+Run records (:meth:`~InMemoryBroker.save_run`, read by ``GET /executions/{id}``): at most
+``max_executions``, the least recently saved dropped first.
+
 Everything is synchronous and runs on the caller's thread; ``subscribe`` does its replay and
 registration without yielding, so it is atomic with respect to concurrent ``publish`` calls.
 """
