@@ -64,6 +64,7 @@ class ExecutionStream:
         self.overflowed = False
         self.closed = False
         self._frames: deque[Frame] = deque()
+        self._replay_left = 0  # replayed frames still queued: they do not count against the bound
         self._wakeup = asyncio.Event()
         self._replaying = True
         self._subscription: Subscription | None = None
@@ -90,6 +91,7 @@ class ExecutionStream:
         stream.complete = sse.stream_is_complete(after, first)
         while stream._frames and stream._frames[0].sequence <= after:
             stream._frames.popleft()
+        stream._replay_left = len(stream._frames)
         return stream
 
     def _on_frame(self, frame: Frame) -> None:
@@ -100,7 +102,7 @@ class ExecutionStream:
         if self._replaying:
             if sse.is_final_status(frame):
                 self.replayed_final = True
-        elif len(self._frames) > self.max_queue:
+        elif len(self._frames) - self._replay_left > self.max_queue:
             self.overflowed = True
         self._wakeup.set()
 
@@ -161,6 +163,8 @@ class ExecutionStream:
                 frames = self._frames
                 while frames:
                     frame = frames.popleft()
+                    if self._replay_left:
+                        self._replay_left -= 1
                     if sse.is_final_status(frame):
                         if parts:
                             yield b"".join(parts)
