@@ -16,7 +16,7 @@ import contextlib
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, hdrs, web
 from aiohttp.abc import AbstractAccessLogger
@@ -54,6 +54,9 @@ from streaming_module.protocol.messages import (
     UnsubscribeExecution,
     decode_client_message,
 )
+
+if TYPE_CHECKING:
+    from streaming_module.gateway.runs import RunsApi
 
 logger = logging.getLogger("streaming_module.gateway")
 
@@ -114,6 +117,7 @@ class StreamingWebSocketGateway:
         self._port: int | None = None
         self._host: str | None = None
         self._accepting = True
+        self._runs: RunsApi | None = None
         self.app = web.Application(middlewares=[cors_middleware(self._cors), _json_errors])
         self.app.router.add_get("/health", self._health)
         self.app.router.add_get("/", self._root)
@@ -181,6 +185,23 @@ class StreamingWebSocketGateway:
         are closed with ``CloseCode.GOING_AWAY`` when that application shuts down."""
         app.router.add_get(path, self.websocket_handler)
         app.on_shutdown.append(self._on_shutdown)
+
+    @property
+    def runs(self) -> RunsApi:
+        """The runs API on this gateway's app (``POST /executions``, SSE, AG-UI, AI SDK; see
+        ``gateway/runs.py``), created and mounted on first use — before the server starts."""
+        if self._runs is None:
+            from streaming_module.gateway.runs import RunsApi
+
+            self._runs = RunsApi(self.broker, authenticator=self._authenticator, cors=self._cors)
+            self._runs.setup(self.app)
+        return self._runs
+
+    def register_workflow(self, name: str, workflow: Any, **options: Any) -> None:
+        """Serve ``workflow`` over HTTP as ``name``: start, read, cancel and watch its runs.
+        ``options`` are :meth:`RunsApi.register`'s (``make_input``, ``options``, ``agui``,
+        ``ai_chat``, ``default``)."""
+        self.runs.register(name, workflow, **options)
 
     def set_index_handler(self, handler: Handler | None) -> None:
         """What ``GET /`` without an Upgrade header answers (the demo page, typically); by

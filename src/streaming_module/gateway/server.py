@@ -68,6 +68,11 @@ async def serve(
     try:
         yield gateway
     finally:
+        # 0. runs the gateway started over HTTP are cancelled while the services still run, so
+        #    each publishes its final status
+        runs = gateway._runs
+        if runs is not None:
+            await runs.aclose()
         # 1. tokens still buffered reach the bridge -> broker -> client queues
         await _aclose("token streaming", token_streaming)
         await _aclose("progress tracking", progress_tracking)
