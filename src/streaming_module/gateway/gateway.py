@@ -203,6 +203,13 @@ class StreamingWebSocketGateway:
         ``ai_chat``, ``default``)."""
         self.runs.register(name, workflow, **options)
 
+    async def cancel_runs(self) -> None:
+        """Cancel the runs this gateway's runs API started (each publishes its final status)
+        and wait for them; nothing to do when no workflow was registered. The ``server``
+        resource calls it first on shutdown, while the services still run."""
+        if self._runs is not None:
+            await self._runs.aclose()
+
     def set_index_handler(self, handler: Handler | None) -> None:
         """What ``GET /`` without an Upgrade header answers (the demo page, typically); by
         default a short JSON description."""

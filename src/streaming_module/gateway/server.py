@@ -70,9 +70,7 @@ async def serve(
     finally:
         # 0. runs the gateway started over HTTP are cancelled while the services still run, so
         #    each publishes its final status
-        runs = gateway._runs
-        if runs is not None:
-            await runs.aclose()
+        await gateway.cancel_runs()
         # 1. tokens still buffered reach the bridge -> broker -> client queues
         await _aclose("token streaming", token_streaming)
         await _aclose("progress tracking", progress_tracking)
