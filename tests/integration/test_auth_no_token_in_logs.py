@@ -54,6 +54,13 @@ def _upgrade(path: str, *headers: str) -> str:
     return "\r\n".join(lines) + "\r\n\r\n"
 
 
+def _upgrade_carrying(token: str, where: str) -> str:
+    """An upgrade request with ``token`` in an ``Authorization`` header or the query string."""
+    if where == "header":
+        return _upgrade("/ws", f"Authorization: Bearer {token}")
+    return _upgrade(f"/ws?token={token}")
+
+
 def _assert_clean(token: str, caplog: pytest.LogCaptureFixture) -> None:
     text = caplog.text + "\n".join(repr(r.__dict__) for r in caplog.records)
     for start in range(0, len(token) - 10):
@@ -66,12 +73,8 @@ async def test_an_oversized_token_is_refused_and_not_logged(
     server: Running, where: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     token = _token(pad=9000)  # past aiohttp's 8,190-byte line limit
-    if where == "header":
-        request = _upgrade("/ws", f"Authorization: Bearer {token}")
-    else:
-        request = _upgrade(f"/ws?token={token}")
     with caplog.at_level(logging.DEBUG):
-        answer = await _raw_request(server.gateway.port or 0, request)
+        answer = await _raw_request(server.gateway.port or 0, _upgrade_carrying(token, where))
     assert answer.startswith(b"HTTP/1.") and b" 400 " in answer.split(b"\r\n")[0]
     # aiohttp did log the refusal (with its traceback) ...
     assert "Error handling request" in caplog.text
@@ -98,12 +101,8 @@ async def test_an_oversized_token_is_refused_and_not_logged(
 async def test_a_refused_upgrade_logs_the_reason_and_no_token(
     server: Running, token: str, where: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    if where == "header":
-        request = _upgrade("/ws", f"Authorization: Bearer {token}")
-    else:
-        request = _upgrade(f"/ws?token={token}")
     with caplog.at_level(logging.DEBUG):
-        answer = await _raw_request(server.gateway.port or 0, request)
+        answer = await _raw_request(server.gateway.port or 0, _upgrade_carrying(token, where))
     assert b" 401 " in answer.split(b"\r\n")[0]
     assert "refused a request from 127.0.0.1 to /ws" in caplog.text
     _assert_clean(token, caplog)
