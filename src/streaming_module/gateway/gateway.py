@@ -253,7 +253,7 @@ class StreamingWebSocketGateway:
                 "status": "ok",
                 "connections": len(self._connections),
                 "accepting": self._accepting,
-                # Counts a soak watches for leaks (bench/soak.py); each is O(connections) or less.
+                # What a soak watches for leaks (bench/soak.py): O(connections + tasks) per call.
                 "subscriptions": sum(len(c.subscriptions) for c in self._connections.values()),
                 "executions": getattr(self.broker, "execution_count", None),
                 "tasks": len(asyncio.all_tasks()),
