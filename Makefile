@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 ARGS ?=
 JS := tests/js
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test lint typecheck unit bench soak clean
 
 $(VENV)/.installed-base: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,12 @@ typecheck: $(VENV)/.installed-dev
 ## make bench: benchmarks against same-run baselines -> bench/results.json
 bench: $(VENV)/.installed-dev
 	$(PY) bench/run.py $(ARGS)
+
+## make soak [DURATION=10m]: the demo server under thousands of short runs for DURATION,
+## sampled for growth; fails on any lost token or growth past its bound (not part of make test)
+DURATION ?= 10m
+soak: $(VENV)/.installed-dev
+	$(PY) bench/soak.py --duration $(DURATION) $(ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache $(JS)/node_modules

@@ -285,7 +285,15 @@ class StreamingWebSocketGateway:
     # ------------------------------------------------------------------ HTTP
     async def _health(self, request: web.Request) -> web.Response:
         return web.json_response(
-            {"status": "ok", "connections": len(self._connections), "accepting": self._accepting}
+            {
+                "status": "ok",
+                "connections": len(self._connections),
+                "accepting": self._accepting,
+                # What a soak watches for leaks (bench/soak.py): O(connections + tasks) per call.
+                "subscriptions": sum(len(c.subscriptions) for c in self._connections.values()),
+                "executions": getattr(self.broker, "execution_count", None),
+                "tasks": len(asyncio.all_tasks()),
+            }
         )
 
     async def _root(self, request: web.Request) -> web.StreamResponse:
