@@ -19,9 +19,10 @@ from langchain_core.runnables import RunnableConfig
 
 from streaming_module.errors import WorkflowError
 from streaming_module.types import FINAL_STATUSES, StreamEventType, StreamUpdate
-from streaming_module.workflow.graph import CompiledWorkflow, compile_workflow
+from streaming_module.workflow.compile import CompiledWorkflow, compile_workflow
 from streaming_module.workflow.runtime import WorkflowRun
-from streaming_module.workflow.signals import PROGRESS, TOKEN, Signal, current_scope
+from streaming_module.workflow.signals import ProgressReported, TokenPushed, current_scope
+from streaming_module.workflow.spec import STATE_BASE_ATTR
 
 if TYPE_CHECKING:
     from streaming_module.services.event_processor import EventStreamProcessorService
@@ -61,7 +62,7 @@ class NodeProgress:
         if isinstance(total, bool) or not isinstance(total, (int, float)):
             raise WorkflowError(f"progress total must be a number, got {total!r}")
         self._writer(
-            Signal(PROGRESS, self.node_id, (current, total, dict(metadata) if metadata else None))
+            ProgressReported(self.node_id, current, total, dict(metadata) if metadata else None)
         )
 
     async def update(
@@ -273,7 +274,10 @@ class DeclarativeWorkflowBase(Generic[StateT]):
             )
         if not isinstance(token, str):
             raise WorkflowError(f"a token is a str, got {type(token).__name__}")
-        scope.writer(Signal(TOKEN, scope.node_id, (token, dict(metadata) if metadata else None)))
+        scope.writer(TokenPushed(scope.node_id, token, dict(metadata) if metadata else None))
 
+
+# How the compiler recognises ``DeclarativeWorkflowBase[State]`` without importing this module.
+setattr(DeclarativeWorkflowBase, STATE_BASE_ATTR, True)
 
 __all__ = ["DeclarativeWorkflowBase", "NodeProgress"]

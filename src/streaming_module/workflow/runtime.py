@@ -36,16 +36,17 @@ from streaming_module.config import StreamProgressOptions
 from streaming_module.core.events import merge_transformed
 from streaming_module.errors import TokenStreamingError
 from streaming_module.types import ProgressData, StreamEventType, StreamMetadata, StreamUpdate
-from streaming_module.workflow.graph import RUN_KEY, SELF_KEY, CompiledWorkflow, EventPlan
+from streaming_module.workflow.compile import RUN_KEY, SELF_KEY, CompiledWorkflow, EventPlan
 from streaming_module.workflow.signals import (
-    ERROR,
-    NODE_END,
-    NODE_START,
-    PROGRESS,
-    TOKEN,
-    TOOL_END,
-    TOOL_START,
+    LIFECYCLE,
+    NodeEnded,
+    NodeFailed,
+    NodeStarted,
+    ProgressReported,
     Signal,
+    TokenPushed,
+    ToolEnded,
+    ToolStarted,
     current_scope,
 )
 
@@ -121,18 +122,13 @@ class _ToolCallbacks(BaseCallbackHandler):
         scope = current_scope.get()
         if scope is not None:
             name = (serialized or {}).get("name") or kwargs.get("name") or "tool"
-            scope.writer(
-                Signal(TOOL_START, scope.node_id, {"tool": name, "input": input_str,
-                                                   "run_id": str(run_id)})
-            )  # fmt: skip
+            scope.writer(ToolStarted(scope.node_id, name, input_str, str(run_id)))
 
     def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
         scope = current_scope.get()
         if scope is not None:
             content = getattr(output, "content", output)
-            scope.writer(
-                Signal(TOOL_END, scope.node_id, {"output": content, "run_id": str(run_id)})
-            )
+            scope.writer(ToolEnded(scope.node_id, content, str(run_id)))
 
 
 class WorkflowRun:
@@ -270,81 +266,93 @@ class WorkflowRun:
     # ------------------------------------------------------------------ signals
 
     async def _on_signal(self, namespace: tuple[str, ...], signal: Signal) -> None:
-        kind = signal.kind
         if namespace:
             # From inside a subgraph: it belongs to the top-level node running that subgraph,
             # whose own start/end/error signals tell its lifecycle.
-            if kind in (NODE_START, NODE_END, ERROR):
+            if isinstance(signal, LIFECYCLE):
                 return
             node_id = namespace[0].split(":", 1)[0]
         else:
             node_id = signal.node_id
-        node = self.compiled.nodes.get(node_id)
-        if node is None:
+        if node_id not in self.compiled.nodes:
             return
-        eid = self.execution_id
-        if kind == TOKEN:
-            if node_id in self.compiled.token_nodes:
-                text, metadata = signal.payload
-                if node_id not in self._open_tokens:
-                    await self._open_token_stream(node_id)
-                self.tokens.stream_token(eid, node_id, text, metadata)
-        elif kind == NODE_START:
-            if node.token is not None:
+        match signal:
+            case TokenPushed(text=text, metadata=metadata):
+                await self._on_pushed_token(node_id, text, metadata)
+            case NodeStarted():
+                await self._on_node_started(node_id)
+            case NodeEnded(duration_ms=duration_ms):
+                await self._on_node_ended(node_id, duration_ms)
+            case NodeFailed(error=error):
+                self._pending_errors.pop(node_id, None)
+                self._publish_error(node_id, error)
+            case ProgressReported(current=current, total=total, metadata=metadata):
+                await self._on_progress(node_id, current, total, metadata)
+            case ToolStarted(tool=tool, input=tool_input, run_id=run_id):
+                self._tool_names[run_id] = tool
+                data = {**self._node_data(node_id), "tool": tool, "input": tool_input}
+                self._event(node_id, _ET.TOOL_START, {**data, "run_id": run_id})
+            case ToolEnded(output=output, run_id=run_id):
+                tool = self._tool_names.pop(run_id, "tool")
+                data = {**self._node_data(node_id), "tool": tool, "output": output}
+                self._event(node_id, _ET.TOOL_COMPLETE, {**data, "run_id": run_id})
+
+    async def _on_pushed_token(
+        self, node_id: str, text: str, metadata: dict[str, Any] | None
+    ) -> None:
+        if node_id in self.compiled.token_nodes:
+            if node_id not in self._open_tokens:
                 await self._open_token_stream(node_id)
-            if node.progress is not None:
-                tracker = self._trackers.get(node_id)
-                if tracker is None or tracker.closed:
-                    tracker = self.progress.create_tracker(eid, node_id, node.progress)
-                    self._trackers[node_id] = tracker
-                await tracker.start(total=100)
-            data = self._node_data(node_id)
-            self._event(node_id, _ET.NODE_START, data)
-            if node.options.type == "tool":
-                self._event(node_id, _ET.TOOL_START, {**data, "tool": node_id})
-        elif kind == NODE_END:
-            if node_id in self._open_tokens:
-                await self.tokens.flush_tokens(eid, node_id)
-            tracker = self._trackers.pop(node_id, None)
-            if tracker is not None and not tracker.closed:
-                await tracker.complete()
-                tracker.close()
-            data = {**self._node_data(node_id), "duration_ms": round(signal.payload, 3)}
-            if node.options.type == "tool":
-                self._event(node_id, _ET.TOOL_COMPLETE, {**data, "tool": node_id})
-            self._event(node_id, _ET.NODE_COMPLETE, data)
-            self._release(node_id)
-            if self._overall is not None:
-                self._nodes_done += 1
-                total = max(len(self.compiled.order), self._nodes_done)
-                await self._overall.update(self._nodes_done, total, {"completed_node": node_id})
-        elif kind == ERROR:
-            self._pending_errors.pop(node_id, None)
-            self._publish_error(node_id, signal.payload)
-        elif kind == PROGRESS:
-            current, total, metadata = signal.payload
+            self.tokens.stream_token(self.execution_id, node_id, text, metadata)
+
+    async def _on_node_started(self, node_id: str) -> None:
+        node = self.compiled.nodes[node_id]
+        if node.token is not None:
+            await self._open_token_stream(node_id)
+        if node.progress is not None:
             tracker = self._trackers.get(node_id)
-            if tracker is not None and not tracker.closed:
-                await tracker.update(current, total, metadata)
-            elif _ET.PROGRESS in node.events.kinds:
-                percent = 100.0 * current / total if total else 0.0
-                self._event(
-                    node_id,
-                    _ET.PROGRESS,
-                    ProgressData(progress=min(max(percent, 0.0), 100.0), current=current,
-                                 total=total, text=f"{percent:.1f}%"),
-                    metadata,
-                )  # fmt: skip
-        elif kind == TOOL_START:
-            payload = signal.payload
-            self._tool_names[payload["run_id"]] = payload["tool"]
-            self._event(node_id, _ET.TOOL_START, {**self._node_data(node_id), **payload})
-        elif kind == TOOL_END:
-            payload = signal.payload
-            tool = self._tool_names.pop(payload["run_id"], "tool")
+            if tracker is None or tracker.closed:
+                tracker = self.progress.create_tracker(self.execution_id, node_id, node.progress)
+                self._trackers[node_id] = tracker
+            await tracker.start(total=100)
+        data = self._node_data(node_id)
+        self._event(node_id, _ET.NODE_START, data)
+        if node.options.type == "tool":
+            self._event(node_id, _ET.TOOL_START, {**data, "tool": node_id})
+
+    async def _on_node_ended(self, node_id: str, duration_ms: float) -> None:
+        node = self.compiled.nodes[node_id]
+        if node_id in self._open_tokens:
+            await self.tokens.flush_tokens(self.execution_id, node_id)
+        tracker = self._trackers.pop(node_id, None)
+        if tracker is not None and not tracker.closed:
+            await tracker.complete()
+            tracker.close()
+        data = {**self._node_data(node_id), "duration_ms": round(duration_ms, 3)}
+        if node.options.type == "tool":
+            self._event(node_id, _ET.TOOL_COMPLETE, {**data, "tool": node_id})
+        self._event(node_id, _ET.NODE_COMPLETE, data)
+        self._release(node_id)
+        if self._overall is not None:
+            self._nodes_done += 1
+            total = max(len(self.compiled.order), self._nodes_done)
+            await self._overall.update(self._nodes_done, total, {"completed_node": node_id})
+
+    async def _on_progress(
+        self, node_id: str, current: float, total: float, metadata: dict[str, Any] | None
+    ) -> None:
+        tracker = self._trackers.get(node_id)
+        if tracker is not None and not tracker.closed:
+            await tracker.update(current, total, metadata)
+        elif _ET.PROGRESS in self.compiled.nodes[node_id].events.kinds:
+            percent = 100.0 * current / total if total else 0.0
             self._event(
-                node_id, _ET.TOOL_COMPLETE, {**self._node_data(node_id), "tool": tool, **payload}
-            )
+                node_id,
+                _ET.PROGRESS,
+                ProgressData(progress=min(max(percent, 0.0), 100.0), current=current,
+                             total=total, text=f"{percent:.1f}%"),
+                metadata,
+            )  # fmt: skip
 
     async def _open_token_stream(self, node_id: str) -> None:
         if node_id in self._open_tokens:

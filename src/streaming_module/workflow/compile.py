@@ -1,4 +1,10 @@
-"""Compiling a workflow class to a real LangGraph ``StateGraph`` — once per class.
+"""Compiling a workflow class to a real LangGraph ``StateGraph`` — the one place it happens,
+once per class.
+
+:func:`compile_workflow` reads what the decorators recorded (:mod:`streaming_module.workflow.spec`)
+and goes through its steps in order: the workflow's options, its state schema, its nodes (ids,
+options, what each streams), the graph (nodes, edges, ``compile()``), and the stream plan (which
+LangGraph stream modes a run needs). The :class:`CompiledWorkflow` is cached on the class.
 
 The compiled graph is shared by every instance and every run: node functions find the workflow
 instance and the run through the ``configurable`` section of the LangGraph config
@@ -29,29 +35,25 @@ from langgraph.errors import GraphBubbleUp
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command, StreamWriter
 
-from streaming_module.config import (
-    StreamEventOptions,
-    StreamProgressOptions,
-    StreamTokenOptions,
-)
+from streaming_module.config import StreamEventOptions, StreamProgressOptions, StreamTokenOptions
 from streaming_module.core.events import EventFilter
 from streaming_module.errors import WorkflowError
 from streaming_module.types import StreamEventType
-from streaming_module.workflow.decorators import (
+from streaming_module.workflow.signals import (
+    NodeEnded,
+    NodeFailed,
+    NodeScope,
+    NodeStarted,
+    current_scope,
+)
+from streaming_module.workflow.spec import (
     SPEC_ATTR,
+    STATE_BASE_ATTR,
     WORKFLOW_ATTR,
     NodeOptions,
     NodeSpec,
     SubgraphNode,
     WorkflowOptions,
-)
-from streaming_module.workflow.signals import (
-    ERROR,
-    NODE_END,
-    NODE_START,
-    NodeScope,
-    Signal,
-    current_scope,
 )
 
 RUN_KEY = "__streaming_module_run__"
@@ -159,8 +161,8 @@ def _make_node_function(node: NodeDef, known: frozenset[str]) -> Callable[..., A
         inner = target.target
 
         async def call(owner: Any, state: Any, config: RunnableConfig) -> Any:
-            compiled = getattr(type(inner), COMPILED_ATTR, None)
-            if compiled is not None and not isinstance(inner, type):
+            compiled = getattr(inner, "compiled", None)
+            if isinstance(compiled, CompiledWorkflow):
                 # Another workflow instance: its nodes run on it, streaming into this run.
                 child = dict(config.get("configurable") or {})
                 child[SELF_KEY] = inner
@@ -181,7 +183,7 @@ def _make_node_function(node: NodeDef, known: frozenset[str]) -> Callable[..., A
         run, owner = _instance(config, node_id)
         scope = NodeScope(node_id, writer, run)
         reset = current_scope.set(scope)
-        writer(Signal(NODE_START, node_id, None))
+        writer(NodeStarted(node_id))
         started = perf_counter()
         try:
             result = await call(owner, state, config)
@@ -190,12 +192,12 @@ def _make_node_function(node: NodeDef, known: frozenset[str]) -> Callable[..., A
         except GraphBubbleUp:
             raise  # LangGraph control flow (interrupts, parent commands), not a failure
         except Exception as exc:
-            writer(Signal(ERROR, node_id, exc))
+            writer(NodeFailed(node_id, exc))
             run.note_error(node_id, exc)
             raise
         finally:
             current_scope.reset(reset)
-        writer(Signal(NODE_END, node_id, (perf_counter() - started) * 1000.0))
+        writer(NodeEnded(node_id, (perf_counter() - started) * 1000.0))
         return result
 
     run_node.__name__ = node_id
@@ -205,12 +207,72 @@ def _make_node_function(node: NodeDef, known: frozenset[str]) -> Callable[..., A
 # --------------------------------------------------------------------------- compiling
 
 
-def _state_schema(cls: type, options: WorkflowOptions) -> Any:
-    from streaming_module.workflow.base import DeclarativeWorkflowBase
+def compile_workflow(cls: type, *, force: bool = False) -> CompiledWorkflow:
+    """The class's :class:`CompiledWorkflow`, building it on first use (or when ``force``).
 
+    Cost: building and compiling the ``StateGraph`` — milliseconds, once per class.
+    Raises :class:`WorkflowError` for a class without nodes or state, duplicate node ids, or
+    edges naming unknown nodes.
+    """
+    if not force:
+        cached = cls.__dict__.get(COMPILED_ATTR)
+        if cached is not None:
+            return cast(CompiledWorkflow, cached)
+    options = _workflow_options(cls)
+    name = options.name or cls.__name__
+    state_schema = _state_schema(cls, options)
+    collected = _collect_nodes(cls)
+    order = _node_ids(cls, collected)
+    nodes = _node_defs(collected, order, options)
+    graph = _build_graph(cls, name, state_schema, nodes, order, options)
+    token_nodes = {nid: n.token for nid, n in nodes.items() if n.token is not None}
+    kinds: set[StreamEventType] = set().union(*(n.events.kinds for n in nodes.values()))
+    compiled = CompiledWorkflow(
+        name=name,
+        options=options,
+        state_schema=state_schema,
+        graph=graph,
+        nodes=nodes,
+        order=order,
+        token_nodes=token_nodes,
+        token_metadata_nodes=frozenset(
+            nid
+            for nid, t in token_nodes.items()
+            if t.processor is not None or t.include_metadata or t.format == "structured"
+        ),
+        stream_modes=_stream_modes(bool(token_nodes), kinds),
+        wants_tool_callbacks=bool(
+            kinds & {StreamEventType.TOOL_START, StreamEventType.TOOL_COMPLETE}
+        ),
+    )
+    setattr(cls, COMPILED_ATTR, compiled)
+    return compiled
+
+
+def _workflow_options(cls: type) -> WorkflowOptions:
+    """The class's ``@workflow`` options; inherited ones keep everything but the name (a
+    subclass is its own workflow)."""
+    options: WorkflowOptions = getattr(cls, WORKFLOW_ATTR, None) or WorkflowOptions()
+    if WORKFLOW_ATTR in cls.__dict__:
+        return options
+    return WorkflowOptions(
+        name=None,
+        streaming=options.streaming,
+        channels=options.channels,
+        edges=options.edges,
+        progress=options.progress,
+        description=options.description,
+    )
+
+
+def _state_schema(cls: type, options: WorkflowOptions) -> Any:
+    """``State`` of ``DeclarativeWorkflowBase[State]`` in the class's bases, else a
+    ``TypedDict`` built from ``@workflow(channels=...)``."""
     for klass in cls.__mro__:
         for base in getattr(klass, "__orig_bases__", ()):
-            if typing.get_origin(base) is DeclarativeWorkflowBase:
+            # Only the class that carries the marker itself: a user's generic subclass of it
+            # inherits the attribute but its type arguments are not the state.
+            if vars(typing.get_origin(base) or object).get(STATE_BASE_ATTR, False):
                 args = typing.get_args(base)
                 if args and not isinstance(args[0], typing.TypeVar) and args[0] is not Any:
                     return args[0]
@@ -238,6 +300,9 @@ def _state_schema(cls: type, options: WorkflowOptions) -> Any:
 
 
 def _collect_nodes(cls: type) -> list[tuple[str, Any, NodeSpec]]:
+    """``(attribute, target, spec)`` of every node of the class, base classes first, in
+    definition order. Raises when there is none, or when a method has ``@stream_*`` but no
+    ``@node``."""
     seen: dict[str, tuple[str, Any, NodeSpec]] = {}
     for klass in reversed(cls.__mro__):
         for attr, value in vars(klass).items():
@@ -246,7 +311,58 @@ def _collect_nodes(cls: type) -> list[tuple[str, Any, NodeSpec]]:
                 seen[attr] = (attr, value, spec)
             elif attr in seen:
                 del seen[attr]  # overridden without decorators: no longer a node
-    return list(seen.values())
+    collected = list(seen.values())
+    bare = [attr for attr, _, spec in collected if spec.node is None]
+    if bare:
+        raise WorkflowError(
+            f"{cls.__name__}: {', '.join(bare)} {'has' if len(bare) == 1 else 'have'} streaming "
+            "decorators but no @node; add @node(type=...) to make it a node",
+            code="bad_node",
+        )
+    if not collected:
+        raise WorkflowError(
+            f"{cls.__name__} has no nodes; decorate its async methods with @node(type=...)",
+            code="no_nodes",
+        )
+    return collected
+
+
+def _node_ids(cls: type, collected: list[tuple[str, Any, NodeSpec]]) -> list[str]:
+    """Node ids in definition order (``@node(name=...)`` or the attribute name), unique."""
+    order: list[str] = []
+    for attr, _, spec in collected:
+        node_id = (spec.node.name if spec.node is not None else None) or attr
+        if node_id in order:
+            raise WorkflowError(
+                f"{cls.__name__}: two nodes are named {node_id!r}; give one @node(name=...)",
+                code="duplicate_node",
+            )
+        order.append(node_id)
+    return order
+
+
+def _node_defs(
+    collected: list[tuple[str, Any, NodeSpec]], order: list[str], options: WorkflowOptions
+) -> dict[str, NodeDef]:
+    """Each node's :class:`NodeDef`: what it runs, streams and where it goes by default."""
+    nodes: dict[str, NodeDef] = {}
+    for index, (attr, target, spec) in enumerate(collected):
+        assert spec.node is not None  # _collect_nodes refused nodes without @node
+        node_id = order[index]
+        token = spec.token if spec.token is not None and spec.token.enabled else None
+        progress = spec.progress if spec.progress is not None and spec.progress.enabled else None
+        nodes[node_id] = NodeDef(
+            node_id=node_id,
+            attr=attr,
+            target=target,
+            options=spec.node,
+            token=token,
+            events=_event_plan(spec, options),
+            progress=progress,
+            default_next=order[index + 1] if index + 1 < len(order) else END,
+            pass_config=not isinstance(target, SubgraphNode) and _accepts_config(target),
+        )
+    return nodes
 
 
 def _event_plan(spec: NodeSpec, options: WorkflowOptions) -> EventPlan:
@@ -278,78 +394,16 @@ def _accepts_config(fn: Any) -> bool:
     return len(params) >= 3 or any(p.name == "config" for p in params[2:])
 
 
-def _as_list(value: str | Sequence[str]) -> list[str]:
-    return [value] if isinstance(value, str) else list(value)
-
-
-def compile_workflow(cls: type, *, force: bool = False) -> CompiledWorkflow:
-    """The class's :class:`CompiledWorkflow`, building it on first use (or when ``force``).
-
-    Cost: building and compiling the ``StateGraph`` — milliseconds, once per class.
-    Raises :class:`WorkflowError` for a class without nodes or state, duplicate node ids, or
-    edges naming unknown nodes.
-    """
-    if not force:
-        cached = cls.__dict__.get(COMPILED_ATTR)
-        if cached is not None:
-            return cast(CompiledWorkflow, cached)
-    options: WorkflowOptions = getattr(cls, WORKFLOW_ATTR, None) or WorkflowOptions()
-    if WORKFLOW_ATTR not in cls.__dict__:
-        # Inherited @workflow options: keep them, but the subclass has its own name.
-        options = WorkflowOptions(
-            name=None,
-            streaming=options.streaming,
-            channels=options.channels,
-            edges=options.edges,
-            progress=options.progress,
-            description=options.description,
-        )
-    name = options.name or cls.__name__
-    state_schema = _state_schema(cls, options)
-
-    collected = _collect_nodes(cls)
-    bare = [attr for attr, _, spec in collected if spec.node is None]
-    if bare:
-        raise WorkflowError(
-            f"{cls.__name__}: {', '.join(bare)} {'has' if len(bare) == 1 else 'have'} streaming "
-            "decorators but no @node; add @node(type=...) to make it a node",
-            code="bad_node",
-        )
-    if not collected:
-        raise WorkflowError(
-            f"{cls.__name__} has no nodes; decorate its async methods with @node(type=...)",
-            code="no_nodes",
-        )
-    order: list[str] = []
-    for attr, _, spec in collected:
-        assert spec.node is not None
-        node_id = spec.node.name or attr
-        if node_id in order:
-            raise WorkflowError(
-                f"{cls.__name__}: two nodes are named {node_id!r}; give one @node(name=...)",
-                code="duplicate_node",
-            )
-        order.append(node_id)
+def _build_graph(
+    cls: type,
+    name: str,
+    state_schema: Any,
+    nodes: dict[str, NodeDef],
+    order: list[str],
+    options: WorkflowOptions,
+) -> Any:
+    """The compiled ``StateGraph``: one node function per node, then the edges."""
     known = frozenset(order) | {END}
-
-    nodes: dict[str, NodeDef] = {}
-    for index, (attr, target, spec) in enumerate(collected):
-        assert spec.node is not None
-        node_id = order[index]
-        token = spec.token if spec.token is not None and spec.token.enabled else None
-        progress = spec.progress if spec.progress is not None and spec.progress.enabled else None
-        nodes[node_id] = NodeDef(
-            node_id=node_id,
-            attr=attr,
-            target=target,
-            options=spec.node,
-            token=token,
-            events=_event_plan(spec, options),
-            progress=progress,
-            default_next=order[index + 1] if index + 1 < len(order) else END,
-            pass_config=not isinstance(target, SubgraphNode) and _accepts_config(target),
-        )
-
     builder: StateGraph[Any] = StateGraph(state_schema)
     for node_id, node_def in nodes.items():
         fn = _make_node_function(node_def, known)
@@ -357,82 +411,78 @@ def compile_workflow(cls: type, *, force: bool = False) -> CompiledWorkflow:
             builder.add_node(node_id, fn, destinations=tuple(sorted(known - {node_id})))
         else:
             builder.add_node(node_id, fn)
-
-    def check(ids: list[str], where: str) -> None:
-        for node_id in ids:
-            if node_id not in nodes and node_id not in (START, END):
-                raise WorkflowError(
-                    f"{cls.__name__}: edge {where} names unknown node {node_id!r}; nodes are "
-                    f"{order}",
-                    code="bad_edge",
-                    context={"node_id": node_id},
-                )
-
     if options.edges is not None:
-        has_entry = False
-        for edge in options.edges:
-            try:
-                source, dest = edge
-            except (TypeError, ValueError):
-                raise WorkflowError(
-                    f"{cls.__name__}: an edge is a (source, target) pair, got {edge!r}",
-                    code="bad_edge",
-                ) from None
-            sources, dests = _as_list(source), _as_list(dest)
-            check(sources, f"{edge!r}")
-            check(dests, f"{edge!r}")
-            routed = [s for s in sources if s in nodes and nodes[s].is_condition]
-            if routed:
-                raise WorkflowError(
-                    f"{cls.__name__}: {routed[0]!r} is a condition node; it routes by its "
-                    "return value, so give it no outgoing edge",
-                    code="bad_edge",
-                )
-            if START in sources:
-                has_entry = True
-            for target_id in dests:
-                builder.add_edge(sources if len(sources) > 1 else sources[0], target_id)
-        if not has_entry:
-            builder.add_edge(START, order[0])
+        _add_explicit_edges(cls, builder, options.edges, nodes, order)
     else:
         builder.add_edge(START, order[0])
         for node_id in order:
             if not nodes[node_id].is_condition:
                 builder.add_edge(node_id, nodes[node_id].default_next)
-
     try:
-        graph = builder.compile(name=name)
+        return builder.compile(name=name)
     except ValueError as exc:
         raise WorkflowError(f"{cls.__name__} does not compile: {exc}", code="bad_graph") from exc
 
-    token_nodes = {nid: n.token for nid, n in nodes.items() if n.token is not None}
-    token_metadata_nodes = frozenset(
-        nid
-        for nid, t in token_nodes.items()
-        if t.processor is not None or t.include_metadata or t.format == "structured"
-    )
-    kinds = set().union(*(n.events.kinds for n in nodes.values()))
+
+def _add_explicit_edges(
+    cls: type,
+    builder: StateGraph[Any],
+    edges: Sequence[Any],
+    nodes: dict[str, NodeDef],
+    order: list[str],
+) -> None:
+    """``@workflow(edges=[...])``: each ``(source, target)`` pair, checked; an edge from
+    ``START`` to the first node when none leaves ``START``."""
+
+    def check(ids: list[str], edge: Any) -> None:
+        for node_id in ids:
+            if node_id not in nodes and node_id not in (START, END):
+                raise WorkflowError(
+                    f"{cls.__name__}: edge {edge!r} names unknown node {node_id!r}; nodes are "
+                    f"{order}",
+                    code="bad_edge",
+                    context={"node_id": node_id},
+                )
+
+    has_entry = False
+    for edge in edges:
+        try:
+            source, dest = edge
+        except (TypeError, ValueError):
+            raise WorkflowError(
+                f"{cls.__name__}: an edge is a (source, target) pair, got {edge!r}",
+                code="bad_edge",
+            ) from None
+        sources, dests = _as_list(source), _as_list(dest)
+        check(sources, edge)
+        check(dests, edge)
+        routed = [s for s in sources if s in nodes and nodes[s].is_condition]
+        if routed:
+            raise WorkflowError(
+                f"{cls.__name__}: {routed[0]!r} is a condition node; it routes by its "
+                "return value, so give it no outgoing edge",
+                code="bad_edge",
+            )
+        if START in sources:
+            has_entry = True
+        for target_id in dests:
+            builder.add_edge(sources if len(sources) > 1 else sources[0], target_id)
+    if not has_entry:
+        builder.add_edge(START, order[0])
+
+
+def _as_list(value: str | Sequence[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _stream_modes(streams_tokens: bool, kinds: set[StreamEventType]) -> tuple[str, ...]:
+    """The LangGraph stream modes a run needs."""
     # "messages" only when some node streams tokens: LangGraph's per-token callback costs.
-    modes = ["messages"] if token_nodes else []
+    modes = ["messages"] if streams_tokens else []
     modes += ["custom", "updates", "values"]
     if StreamEventType.DEBUG in kinds:
         modes.append("debug")
-    compiled = CompiledWorkflow(
-        name=name,
-        options=options,
-        state_schema=state_schema,
-        graph=graph,
-        nodes=nodes,
-        order=order,
-        token_nodes=token_nodes,
-        token_metadata_nodes=token_metadata_nodes,
-        stream_modes=tuple(modes),
-        wants_tool_callbacks=bool(
-            kinds & {StreamEventType.TOOL_START, StreamEventType.TOOL_COMPLETE}
-        ),
-    )
-    setattr(cls, COMPILED_ATTR, compiled)
-    return compiled
+    return tuple(modes)
 
 
 __all__ = [
