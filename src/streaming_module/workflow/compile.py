@@ -31,14 +31,16 @@ from time import perf_counter
 from typing import Annotated, Any, TypedDict, cast
 
 from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables.config import var_child_runnable_config
 from langgraph.errors import GraphBubbleUp
 from langgraph.graph import END, START, StateGraph
-from langgraph.types import Command, StreamWriter
+from langgraph.types import Command
 
 from streaming_module.config import StreamEventOptions, StreamProgressOptions, StreamTokenOptions
 from streaming_module.core.events import EventFilter
 from streaming_module.errors import WorkflowError
 from streaming_module.types import StreamEventType
+from streaming_module.workflow.capture import with_handlers
 from streaming_module.workflow.signals import (
     NodeEnded,
     NodeFailed,
@@ -63,6 +65,7 @@ COMPILED_ATTR = "__streaming_compiled__"
 DEFAULT_NODE_EVENTS: frozenset[StreamEventType] = frozenset(
     {StreamEventType.NODE_START, StreamEventType.NODE_COMPLETE, StreamEventType.ERROR}
 )
+_TOOL_EVENTS = frozenset({StreamEventType.TOOL_START, StreamEventType.TOOL_COMPLETE})
 
 
 @dataclass(slots=True)
@@ -89,6 +92,9 @@ class NodeDef:
     progress: StreamProgressOptions | None
     default_next: str
     pass_config: bool = False
+    captures_tools: bool = False
+    """Its events include ``tool_start``/``tool_complete``: LangChain tool runs inside it are
+    captured."""
 
     @property
     def is_condition(self) -> bool:
@@ -111,7 +117,6 @@ class CompiledWorkflow:
     """Token nodes whose options use token metadata (``processor``, ``include_metadata``,
     ``format='structured'``): their chat model tokens carry the chunk's metadata."""
     stream_modes: tuple[str, ...] = ()
-    wants_tool_callbacks: bool = False
 
 
 # --------------------------------------------------------------------------- node functions
@@ -179,26 +184,43 @@ def _make_node_function(node: NodeDef, known: frozenset[str]) -> Callable[..., A
                 result = await result
             return result
 
-    async def run_node(state: Any, config: RunnableConfig, writer: StreamWriter) -> Any:
+    async def run_node(state: Any, config: RunnableConfig) -> Any:
         run, owner = _instance(config, node_id)
-        scope = NodeScope(node_id, writer, run)
-        reset = current_scope.set(scope)
-        writer(NodeStarted(node_id))
-        started = perf_counter()
+        outer = current_scope.get()
+        if outer is not None and outer.run is run:
+            # A node of a workflow used as a subgraph of one of this run's nodes: it streams as
+            # part of that node, whose handlers it inherits and whose start and end count.
+            reset = current_scope.set(NodeScope(node_id, outer.stream_node, run))
+            try:
+                result = await call(owner, state, config)
+                return _route(result, node, known) if is_condition else result
+            finally:
+                current_scope.reset(reset)
+
+        handlers = run.node_handlers(node)
+        if handlers:
+            # Everything the node calls — with this config or none — inherits the handlers.
+            config = with_handlers(config, handlers)
+            config_reset = var_child_runnable_config.set(config)
+        reset = current_scope.set(NodeScope(node_id, node_id, run))
         try:
-            result = await call(owner, state, config)
-            if is_condition:
-                result = _route(result, node, known)
-        except GraphBubbleUp:
-            raise  # LangGraph control flow (interrupts, parent commands), not a failure
-        except Exception as exc:
-            writer(NodeFailed(node_id, exc))
-            run.note_error(node_id, exc)
-            raise
+            await run.on_signal(NodeStarted(node_id))
+            started = perf_counter()
+            try:
+                result = await call(owner, state, config)
+                if is_condition:
+                    result = _route(result, node, known)
+            except GraphBubbleUp:
+                raise  # LangGraph control flow (interrupts, parent commands), not a failure
+            except Exception as exc:
+                run.on_signal_nowait(NodeFailed(node_id, exc))
+                raise
+            await run.on_signal(NodeEnded(node_id, (perf_counter() - started) * 1000.0))
+            return result
         finally:
             current_scope.reset(reset)
-        writer(NodeEnded(node_id, (perf_counter() - started) * 1000.0))
-        return result
+            if handlers:
+                var_child_runnable_config.reset(config_reset)
 
     run_node.__name__ = node_id
     return run_node
@@ -240,10 +262,7 @@ def compile_workflow(cls: type, *, force: bool = False) -> CompiledWorkflow:
             for nid, t in token_nodes.items()
             if t.processor is not None or t.include_metadata or t.format == "structured"
         ),
-        stream_modes=_stream_modes(bool(token_nodes), kinds),
-        wants_tool_callbacks=bool(
-            kinds & {StreamEventType.TOOL_START, StreamEventType.TOOL_COMPLETE}
-        ),
+        stream_modes=_stream_modes(kinds),
     )
     setattr(cls, COMPILED_ATTR, compiled)
     return compiled
@@ -351,16 +370,18 @@ def _node_defs(
         node_id = order[index]
         token = spec.token if spec.token is not None and spec.token.enabled else None
         progress = spec.progress if spec.progress is not None and spec.progress.enabled else None
+        events = _event_plan(spec, options)
         nodes[node_id] = NodeDef(
             node_id=node_id,
             attr=attr,
             target=target,
             options=spec.node,
             token=token,
-            events=_event_plan(spec, options),
+            events=events,
             progress=progress,
             default_next=order[index + 1] if index + 1 < len(order) else END,
             pass_config=not isinstance(target, SubgraphNode) and _accepts_config(target),
+            captures_tools=not _TOOL_EVENTS.isdisjoint(events.kinds),
         )
     return nodes
 
@@ -475,11 +496,13 @@ def _as_list(value: str | Sequence[str]) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
-def _stream_modes(streams_tokens: bool, kinds: set[StreamEventType]) -> tuple[str, ...]:
-    """The LangGraph stream modes a run needs."""
-    # "messages" only when some node streams tokens: LangGraph's per-token callback costs.
-    modes = ["messages"] if streams_tokens else []
-    modes += ["custom", "updates", "values"]
+def _stream_modes(kinds: set[StreamEventType]) -> tuple[str, ...]:
+    """The LangGraph stream modes a run needs: ``values`` for the final state, ``updates`` and
+    ``debug`` only when a node publishes them. Tokens and node signals never travel through
+    LangGraph's stream (see :mod:`streaming_module.workflow.capture`)."""
+    modes = ["values"]
+    if kinds & {StreamEventType.UPDATES, StreamEventType.VALUES}:
+        modes.insert(0, "updates")
     if StreamEventType.DEBUG in kinds:
         modes.append("debug")
     return tuple(modes)

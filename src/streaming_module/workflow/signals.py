@@ -1,11 +1,13 @@
 """What a running node tells its run: small frozen dataclasses, one per kind of news.
 
-A node function (see :mod:`streaming_module.workflow.compile`) sends :data:`Signal` objects with
-LangGraph's stream writer: the node started, ended or failed, pushed a token itself, reported
-progress, or ran a LangChain tool. They travel in the same queue as the chat model's ``messages``
-chunks, so the run (:mod:`streaming_module.workflow.runtime`) sees a node's start, its tokens and
-its end in the order they happened, even for parallel branches and subgraphs. The run dispatches
-them with ``match``.
+A node function (see :mod:`streaming_module.workflow.compile`) awaits
+``run.on_signal(NodeStarted(...))`` before its body and ``run.on_signal(NodeEnded(...))`` after
+it; inside, ``self.stream_token``, ``self.progress`` and the node's tool capture send
+:class:`TokenPushed`, :class:`ProgressReported`, :class:`ToolStarted` and :class:`ToolEnded`
+with ``run.on_signal_nowait(...)``, and a failing node :class:`NodeFailed`. All of them are
+handled in the node's own task, as they happen, so a node's start, its tokens and its end reach
+subscribers in that order, for parallel branches too. The run
+(:mod:`streaming_module.workflow.runtime`) dispatches them with ``match``.
 
 :data:`current_scope` is the running node, context-local (each LangGraph task runs in its own copy
 of the context), which is what makes ``self.progress`` and ``self.stream_token`` work per branch.
@@ -16,8 +18,6 @@ from __future__ import annotations
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
-
-from langgraph.types import StreamWriter
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,18 +86,21 @@ Signal = (
 )
 """Any one of the node signals."""
 
-LIFECYCLE = (NodeStarted, NodeEnded, NodeFailed)
-"""The signals that tell a node's own lifecycle (a subgraph's inner nodes' are not the run's)."""
-
 
 class NodeScope:
-    """The node running in this context: its id, LangGraph's stream writer and the run."""
+    """The node running in this context.
 
-    __slots__ = ("node_id", "run", "writer")
+    ``node_id`` is the node's own id (``self.node_id``); ``stream_node`` is the node of the run it
+    streams as: itself, or, for a node of another workflow used as a subgraph, the run's node
+    running that subgraph. ``run`` is the
+    :class:`~streaming_module.workflow.runtime.WorkflowRun`.
+    """
 
-    def __init__(self, node_id: str, writer: StreamWriter, run: Any) -> None:
+    __slots__ = ("node_id", "run", "stream_node")
+
+    def __init__(self, node_id: str, stream_node: str, run: Any) -> None:
         self.node_id = node_id
-        self.writer = writer
+        self.stream_node = stream_node
         self.run = run
 
 
@@ -106,7 +109,6 @@ current_scope: ContextVar[NodeScope | None] = ContextVar(
 )
 
 __all__ = [
-    "LIFECYCLE",
     "NodeEnded",
     "NodeFailed",
     "NodeScope",
