@@ -10,7 +10,6 @@ import asyncio
 import operator
 from typing import Annotated, Any, TypedDict
 
-import pytest
 from langchain_core.language_models.fake_chat_models import (
     FakeListChatModel,
     GenericFakeChatModel,
@@ -18,9 +17,6 @@ from langchain_core.language_models.fake_chat_models import (
 from langchain_core.messages import AIMessage, BaseMessage
 from langgraph.graph import START, StateGraph
 
-from streaming_module.services.event_processor import EventStreamProcessorService
-from streaming_module.services.progress_tracking import ProgressTrackingService
-from streaming_module.services.token_streaming import TokenStreamingService
 from streaming_module.types import StreamEventType, StreamUpdate
 from streaming_module.workflow import (
     DeclarativeWorkflowBase,
@@ -50,15 +46,6 @@ class State(TypedDict, total=False):
     content: str
     other: str
     messages: Annotated[list[BaseMessage], operator.add]
-
-
-@pytest.fixture
-def services() -> dict[str, Any]:
-    return {
-        "token_streaming": TokenStreamingService(),
-        "event_processor": EventStreamProcessorService(),
-        "progress_tracking": ProgressTrackingService(),
-    }
 
 
 async def collect(wf: DeclarativeWorkflowBase[Any], data: Any) -> list[StreamUpdate[Any]]:
