@@ -202,6 +202,19 @@ class TokenCapture(BaseCallbackHandler):
         model = self._runs.get(run_id)
         if model is None:
             return
+        if (
+            model is self._current
+            and model.metadata is None
+            and token.__class__ is str
+            and get_ident() == self._thread
+        ):
+            # The hot path: plain text from the model already streaming, no metadata wanted.
+            if token:
+                try:
+                    self._stream_token(self._execution_id, self._node_id, token)
+                except StreamingError as exc:
+                    self._dropped(exc)
+            return
         model.streamed = True
         if get_ident() != self._thread:
             self._loop.call_soon_threadsafe(self._deliver_chunk, model, token, chunk)
@@ -248,7 +261,7 @@ class TokenCapture(BaseCallbackHandler):
             elif text:
                 self._stream_token(self._execution_id, self._node_id, text, meta)
         except StreamingError as exc:
-            logger.warning("token of %s:%s dropped: %s", self._execution_id, self._node_id, exc)
+            self._dropped(exc)
 
     def _deliver_message(self, model: _ModelRun, message: Any) -> None:
         if model is not self._current:
@@ -268,7 +281,12 @@ class TokenCapture(BaseCallbackHandler):
             elif text:
                 self._stream_token(self._execution_id, self._node_id, text)
         except StreamingError as exc:
-            logger.warning("token of %s:%s dropped: %s", self._execution_id, self._node_id, exc)
+            self._dropped(exc)
+
+    def _dropped(self, exc: StreamingError) -> None:
+        # The stream refused the token (closed after a failure, too long, a failing processor):
+        # the model goes on, the token is lost, and the log says so.
+        logger.warning("token of %s:%s dropped: %s", self._execution_id, self._node_id, exc)
 
     def _tool_chunk(self, text: str, meta: dict[str, Any]) -> None:
         if self._isolate:
