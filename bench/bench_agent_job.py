@@ -9,7 +9,8 @@ timed from the moment ``wf.run`` is called (this process's ``time.monotonic()``)
 receipt of its first token frame and of its last token frame (the client's ``time.monotonic()``;
 both read the machine's CLOCK_MONOTONIC).
 
-Rows (medians of repeats; the bare model is measured in this process, alternating with the runs):
+Rows (medians of repeats; the bare model is measured in this process right before and right after
+each run, so a drift in machine load hits both sides alike):
 
 - ``agent_job_tokens_1_client`` / ``agent_job_tokens_20_clients``: tokens/s per client — 3,999
   tokens over the time until the *last* client had its last token — against the bare model's
@@ -167,6 +168,7 @@ async def _measure(client_counts: tuple[int, ...], repeats: int) -> dict[str, An
                     start = time.monotonic()
                     await wf.run({"prompt": "go"}, execution_id=execution_id)
                     got = orjson.loads(await child.await_for("result ", 90))
+                    results["bare"].append(await _bare_chunks_per_s())
                 finally:
                     child.stop()
                 if got["tokens"] != [CHUNKS] * count:
@@ -184,7 +186,7 @@ async def _measure(client_counts: tuple[int, ...], repeats: int) -> dict[str, An
 def run(quick: bool = False) -> list[Any]:
     from common import row
 
-    repeats = 1 if quick else 5
+    repeats = 1 if quick else 7
     counts = (1, 20)
     result = asyncio.run(_measure(counts, repeats))
     bare = statistics.median(result["bare"])
