@@ -129,12 +129,13 @@ def _workflow_class() -> Any:
     return AgentJob
 
 
-async def _bare_chunks_per_s() -> float:
+async def _bare_chunks_per_s(cpu: list[float]) -> float:
     chunks = 0
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     async for chunk in _model().astream("go"):
         chunks += 1 if chunk.content else 0
     elapsed = time.perf_counter() - start
+    cpu.append((time.process_time() - cpu_start) / CHUNKS)
     if chunks != CHUNKS:
         raise RuntimeError(f"the bare model streamed {chunks} chunks, not {CHUNKS}")
     return chunks / elapsed
@@ -148,7 +149,8 @@ async def _measure(client_counts: tuple[int, ...], repeats: int) -> dict[str, An
     container = StreamingModule.for_root(
         websocket={"enabled": True, "port": 0}, gateway={"heartbeat": {"enabled": False}}
     )
-    results: dict[str, Any] = {"bare": [], "runs": {n: [] for n in client_counts}}
+    results: dict[str, Any] = {"bare": [], "bare_cpu": [], "runs": {n: [] for n in client_counts}}
+    bare_cpu: list[float] = results["bare_cpu"]
     async with container:
         url = container.gateway().ws_url or ""
         wf = _workflow_class()(
@@ -157,18 +159,19 @@ async def _measure(client_counts: tuple[int, ...], repeats: int) -> dict[str, An
             progress_tracking=container.progress_tracking(),
         )
         await wf.run({"prompt": "warm-up"})
-        await _bare_chunks_per_s()
+        await _bare_chunks_per_s([])
         for repeat in range(repeats):
             for count in client_counts:
                 execution_id = f"agent-{count}-{repeat}"
                 child = Child(_SCRIPT, ["--clients", url, execution_id, str(count)], deadline=150)
                 try:
                     await child.await_for("ready", 90)
-                    results["bare"].append(await _bare_chunks_per_s())
-                    start = time.monotonic()
+                    results["bare"].append(await _bare_chunks_per_s(bare_cpu))
+                    start, cpu_start = time.monotonic(), time.process_time()
                     await wf.run({"prompt": "go"}, execution_id=execution_id)
                     got = orjson.loads(await child.await_for("result ", 90))
-                    results["bare"].append(await _bare_chunks_per_s())
+                    cpu = (time.process_time() - cpu_start) / CHUNKS
+                    results["bare"].append(await _bare_chunks_per_s(bare_cpu))
                 finally:
                     child.stop()
                 if got["tokens"] != [CHUNKS] * count:
@@ -178,6 +181,7 @@ async def _measure(client_counts: tuple[int, ...], repeats: int) -> dict[str, An
                         "per_client": CHUNKS / (max(got["last"]) - start),
                         "first_ms": (max(got["first"]) - start) * 1000,
                         "first_ms_best": (min(got["first"]) - start) * 1000,
+                        "cpu": cpu,
                     }
                 )
     return results
@@ -206,7 +210,9 @@ def run(quick: bool = False) -> list[Any]:
                 f"node (ainvoke; bufferSize {BUFFER_SIZE}, flushInterval {FLUSH_MS} ms) -> "
                 f"gateway -> {count} WebSocket client(s) in a second process; per client: "
                 "tokens over the time until the last client had its last token; median of "
-                f"{len(runs)} runs; bare model median of {len(result['bare'])}",
+                f"{len(runs)} runs; bare model median of {len(result['bare'])}; this process's "
+                f"CPU per token {statistics.median(r['cpu'] for r in runs) * 1e6:.1f} us (bare "
+                f"model {statistics.median(result['bare_cpu']) * 1e6:.1f} us)",
             )
         )
     runs = result["runs"][max(counts)]

@@ -146,6 +146,8 @@ class TokenCapture(BaseCallbackHandler):
     """
 
     run_inline = True
+    ignore_llm = False  # plain attributes: LangChain reads them on every token (not properties)
+    ignore_chat_model = False
     ignore_chain = True
     ignore_agent = True
     ignore_retriever = True
