@@ -190,7 +190,7 @@ async def _measure(client_counts: tuple[int, ...], repeats: int) -> dict[str, An
 def run(quick: bool = False) -> list[Any]:
     from common import row
 
-    repeats = 1 if quick else 7
+    repeats = 1 if quick else 11
     counts = (1, 20)
     result = asyncio.run(_measure(counts, repeats))
     bare = statistics.median(result["bare"])
