@@ -15,9 +15,6 @@ from langchain_core.tools import tool
 from langgraph.graph import START, StateGraph
 
 from streaming_module.errors import StreamingConfigError, WorkflowError
-from streaming_module.services.event_processor import EventStreamProcessorService
-from streaming_module.services.progress_tracking import ProgressTrackingService
-from streaming_module.services.token_streaming import TokenStreamingService
 from streaming_module.types import StreamEventType, StreamUpdate
 from streaming_module.workflow import (
     END,
@@ -40,15 +37,6 @@ ET = StreamEventType
 
 def chat(text: str) -> GenericFakeChatModel:
     return GenericFakeChatModel(messages=iter([AIMessage(content=text)]))
-
-
-@pytest.fixture
-def services() -> dict[str, Any]:
-    return {
-        "token_streaming": TokenStreamingService(),
-        "event_processor": EventStreamProcessorService(),
-        "progress_tracking": ProgressTrackingService(),
-    }
 
 
 async def collect(wf: DeclarativeWorkflowBase[Any], data: Any, **kw: Any) -> list[StreamUpdate]:

@@ -12,10 +12,11 @@ Joining the tokens gives exactly the message ``ainvoke`` returns.
 
 Long answers stream several words per chunk: up to :data:`MAX_CHUNKS` words a call streams one
 word per chunk; beyond that, :func:`words_per_chunk` consecutive tokens are joined into one chunk
-(100 for 1,000,000 words), so a call never streams many more than ``MAX_CHUNKS`` chunks. The text
+(500 for 1,000,000 words), so a call never streams many more than ``MAX_CHUNKS`` chunks. The text
 is the same either way. Why: LangChain's ``BaseChatModel.astream`` keeps every chunk of a call
-until the call ends (to merge them for its callbacks), ~2 KB per chunk with its message object
-and metadata, so 1,000,000 one-word chunks held ~2 GB; 10,000 chunks hold ~20 MB.
+until the call ends and then merges them for its callbacks, ~2 KB per chunk with its message
+object and metadata, so 1,000,000 one-word chunks held ~2 GB; 2,000 chunks hold ~4 MB, and
+merging them and collecting them are short pauses of the event loop, not long ones.
 
 Cost: generation is lazy (one word at a time), so a run of 1,000,000 words never holds more than
 the text itself and the ``MAX_CHUNKS`` chunks LangChain keeps.
@@ -39,7 +40,7 @@ from pydantic import Field
 DEFAULT_WORDS = 300
 MAX_WORDS = 1_000_000
 
-MAX_CHUNKS = 10_000
+MAX_CHUNKS = 2_000
 """A call streams one word per chunk up to this many words, and about this many chunks beyond."""
 
 # How often a model with no delay hands control back to the event loop, in words: keeps a

@@ -359,6 +359,11 @@ class TokenStreamingService(ServiceBase[TokenData]):
         ``execution_id:node_id``) when the stream is not open — never initialised, or already
         closed — as :meth:`stream_token` does. After :meth:`aclose` it is a no-op (everything
         was flushed then)."""
+        self.flush_tokens_nowait(execution_id, node_id)
+
+    def flush_tokens_nowait(self, execution_id: str, node_id: str) -> None:
+        """:meth:`flush_tokens` for synchronous code (a LangChain callback, a subscriber): the
+        same checks, the same delivery. Never blocks."""
         if self._closed:
             return
         stream = self._lookup(execution_id, node_id)

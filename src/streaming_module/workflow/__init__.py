@@ -4,14 +4,13 @@
 from langgraph.graph import END, START
 
 from streaming_module.workflow.base import DeclarativeWorkflowBase, NodeProgress
+from streaming_module.workflow.compile import CompiledWorkflow, compile_workflow
 from streaming_module.workflow.decorators import (
     Node,
-    NodeType,
     StreamAll,
     StreamEvent,
     StreamProgress,
     StreamToken,
-    SubgraphNode,
     Workflow,
     node,
     stream_all,
@@ -20,8 +19,8 @@ from streaming_module.workflow.decorators import (
     stream_token,
     workflow,
 )
-from streaming_module.workflow.graph import CompiledWorkflow, compile_workflow
 from streaming_module.workflow.runtime import WorkflowRun
+from streaming_module.workflow.spec import NodeType, SubgraphNode
 
 __all__ = [
     "END",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from langchain_core.runnables import RunnableConfig
@@ -19,9 +19,15 @@ from langchain_core.runnables import RunnableConfig
 from streaming_module.errors import WorkflowError
 from streaming_module.services.registry import ServiceSource, container_for
 from streaming_module.types import FINAL_STATUSES, StreamEventType, StreamUpdate
-from streaming_module.workflow.graph import CompiledWorkflow, compile_workflow
+from streaming_module.workflow.compile import CompiledWorkflow, compile_workflow
 from streaming_module.workflow.runtime import WorkflowRun
-from streaming_module.workflow.signals import PROGRESS, TOKEN, Signal, current_scope
+from streaming_module.workflow.signals import (
+    ProgressReported,
+    Signal,
+    TokenPushed,
+    current_scope,
+)
+from streaming_module.workflow.spec import STATE_BASE_ATTR
 
 if TYPE_CHECKING:
     from streaming_module.services.event_processor import EventStreamProcessorService
@@ -42,14 +48,15 @@ class NodeProgress:
     milestones, ETA as configured); with ``@stream_event(events=[..., "progress"])`` and no
     ``@stream_progress`` they are published as ``progress`` events; otherwise they are ignored,
     so a node's code does not depend on its decorators. Reporting never blocks: the report is
-    queued in order with the node's tokens and events.
+    handled right away, in order with the node's tokens and events (from a worker thread, it is
+    handed to the run's event loop).
     """
 
-    __slots__ = ("_writer", "node_id")
+    __slots__ = ("_send", "node_id")
 
-    def __init__(self, node_id: str, writer: Any) -> None:
+    def __init__(self, node_id: str, send: Callable[[Signal], None]) -> None:
         self.node_id = node_id
-        self._writer = writer
+        self._send = send
 
     def update_nowait(
         self, current: float, total: float, metadata: Mapping[str, Any] | None = None
@@ -60,8 +67,8 @@ class NodeProgress:
             raise WorkflowError(f"progress current must be a number, got {current!r}")
         if isinstance(total, bool) or not isinstance(total, (int, float)):
             raise WorkflowError(f"progress total must be a number, got {total!r}")
-        self._writer(
-            Signal(PROGRESS, self.node_id, (current, total, dict(metadata) if metadata else None))
+        self._send(
+            ProgressReported(self.node_id, current, total, dict(metadata) if metadata else None)
         )
 
     async def update(
@@ -260,13 +267,15 @@ class DeclarativeWorkflowBase(Generic[StateT]):
                 "by run() or stream())",
                 code="no_node",
             )
-        return NodeProgress(scope.node_id, scope.writer)
+        return NodeProgress(scope.stream_node, scope.run.on_signal_nowait)
 
     @property
     def progress_tracker(self) -> NodeProgress | None:
         """The manual's ``this.progressTracker``: :attr:`progress`, or ``None`` outside a node."""
         scope = current_scope.get()
-        return NodeProgress(scope.node_id, scope.writer) if scope is not None else None
+        if scope is None:
+            return None
+        return NodeProgress(scope.stream_node, scope.run.on_signal_nowait)
 
     def stream_token(self, token: str, metadata: Mapping[str, Any] | None = None) -> None:
         """Push a token from the running node — for models that are not LangChain chat models.
@@ -282,7 +291,12 @@ class DeclarativeWorkflowBase(Generic[StateT]):
             )
         if not isinstance(token, str):
             raise WorkflowError(f"a token is a str, got {type(token).__name__}")
-        scope.writer(Signal(TOKEN, scope.node_id, (token, dict(metadata) if metadata else None)))
+        scope.run.on_signal_nowait(
+            TokenPushed(scope.stream_node, token, dict(metadata) if metadata else None)
+        )
 
+
+# How the compiler recognises ``DeclarativeWorkflowBase[State]`` without importing this module.
+setattr(DeclarativeWorkflowBase, STATE_BASE_ATTR, True)
 
 __all__ = ["DeclarativeWorkflowBase", "NodeProgress"]

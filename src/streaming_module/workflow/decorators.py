@@ -3,9 +3,10 @@
 They only *record* what they are given: options are validated here, at class definition time (a
 bad key raises :class:`~streaming_module.errors.StreamingConfigError` naming it), and stored on the
 method in a :class:`NodeSpec`. Nothing is wrapped: the method stays a plain method, callable and
-testable on its own. :mod:`streaming_module.workflow.graph` reads the specs when the class
-compiles to a LangGraph ``StateGraph``; :mod:`streaming_module.workflow.runtime` consumes them at
-run time.
+testable on its own. The records themselves are the types of :mod:`streaming_module.workflow.spec`;
+:mod:`streaming_module.workflow.compile` reads them when the class compiles to a LangGraph
+``StateGraph`` (``@workflow`` compiles it right away, so a malformed graph fails at class
+definition).
 
 Every ``@stream_*`` decorator takes its options as a model, a dict (snake_case or the manual's
 camelCase keys) or keyword arguments, and works bare (``@stream_token``) or called
@@ -16,8 +17,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar, overload
+from typing import Any, TypeVar, overload
 
 from pydantic import BaseModel
 
@@ -29,86 +29,22 @@ from streaming_module.config import (
     parse_options,
 )
 from streaming_module.errors import StreamingConfigError, WorkflowError
-
-NodeType = Literal["llm", "tool", "condition", "task"]
-NODE_TYPES: tuple[str, ...] = ("llm", "tool", "condition", "task")
+from streaming_module.workflow.compile import compile_workflow
+from streaming_module.workflow.spec import (
+    NODE_TYPES,
+    WORKFLOW_ATTR,
+    Edge,
+    NodeOptions,
+    NodeSpec,
+    NodeType,
+    SubgraphNode,
+    WorkflowOptions,
+    spec_of,
+)
 
 T = TypeVar("T")
 C = TypeVar("C", bound=type)
 F = TypeVar("F", bound=Callable[..., Any])
-
-SPEC_ATTR = "__streaming_node__"
-WORKFLOW_ATTR = "__streaming_workflow__"
-
-Edge = tuple[str | Sequence[str], str | Sequence[str]]
-"""``(source, target)``: node names, ``START``/``END``, or lists of names (fan-out / join)."""
-
-
-@dataclass(slots=True)
-class NodeOptions:
-    """What ``@node`` was given."""
-
-    type: NodeType = "task"
-    name: str | None = None
-    description: str | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class NodeSpec:
-    """Everything the decorators recorded on one method (or subgraph attribute)."""
-
-    node: NodeOptions | None = None
-    token: StreamTokenOptions | None = None
-    event: StreamEventOptions | None = None
-    progress: StreamProgressOptions | None = None
-
-
-@dataclass(slots=True)
-class WorkflowOptions:
-    """What ``@workflow`` was given."""
-
-    name: str | None = None
-    streaming: bool = True
-    channels: dict[str, Any] | None = None
-    edges: list[Edge] | None = None
-    progress: bool = True
-    description: str | None = None
-
-
-class SubgraphNode:
-    """A compiled LangGraph graph (or another workflow instance) used as a node of a workflow.
-
-    Made by ``node(compiled_graph, name=...)``; it receives the workflow's state and its output
-    is the node's update. Tokens and events from inside it are attributed to this node.
-    """
-
-    __slots__ = ("__streaming_node__", "target")
-
-    def __init__(self, target: Any) -> None:
-        self.target = target
-        self.__streaming_node__ = NodeSpec()
-
-    def __repr__(self) -> str:
-        return f"SubgraphNode({self.target!r})"
-
-
-def spec_of(target: Any) -> NodeSpec:
-    """The :class:`NodeSpec` recorded on ``target``, created on first use."""
-    spec = getattr(target, SPEC_ATTR, None)
-    if spec is None:
-        spec = NodeSpec()
-        try:
-            setattr(target, SPEC_ATTR, spec)
-        except (AttributeError, TypeError):
-            raise WorkflowError(
-                f"cannot decorate {target!r}: decorate an async method of a "
-                "DeclarativeWorkflowBase subclass, or wrap a compiled graph with node(graph)",
-                code="bad_node",
-            ) from None
-    if not isinstance(spec, NodeSpec):
-        raise WorkflowError(f"{target!r} has a foreign {SPEC_ATTR} attribute", code="bad_node")
-    return spec
 
 
 def _target_name(target: Any) -> str:
@@ -479,8 +415,6 @@ def workflow(
         if not isinstance(klass, type):
             raise WorkflowError(f"@workflow decorates a class, got {klass!r}")
         setattr(klass, WORKFLOW_ATTR, opts)
-        from streaming_module.workflow.graph import compile_workflow
-
         compile_workflow(klass, force=True)
         return klass
 

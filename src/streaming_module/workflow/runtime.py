@@ -1,18 +1,24 @@
-"""One run of a workflow: LangGraph's stream parts routed to the streaming services.
+"""One run of a workflow: what its nodes tell it, and LangGraph's stream parts, routed to the
+streaming services.
 
-:class:`WorkflowRun` runs the class's compiled graph once with
-``astream(stream_mode=[("messages"), "custom", "updates", "values", ("debug")], subgraphs=True)``
-and, for each part, in the order LangGraph produced them:
+:class:`WorkflowRun` runs the class's compiled graph once with ``astream(stream_mode=[("updates"),
+"values", ("debug")])``. Two sources feed it, each in the order things happen:
 
-- ``messages``: a chat model chunk from a ``@stream_token`` node (or a subgraph inside it) goes to
-  ``TokenStreamingService.stream_token(execution_id, node_id, text)`` — two lookups and one call
-  per token; the chunk's metadata (node, step, ``ls_*`` model fields, message id) is added only
-  for nodes whose ``processor``, ``include_metadata`` or ``structured`` format use it;
-- ``custom``: :class:`~streaming_module.workflow.signals.Signal` objects from node functions
-  (start, end, error, pushed tokens, progress, tool calls) open and flush token streams, drive
-  progress trackers and publish node events;
-- ``updates`` / ``values`` / ``debug``: published as events for the nodes that asked for them;
-  the last top-level ``values`` part is the run's result.
+- **the nodes themselves**, from their own tasks. A node function
+  (:mod:`streaming_module.workflow.compile`) awaits :meth:`WorkflowRun.on_signal` with
+  :class:`~streaming_module.workflow.signals.NodeStarted` before its body (the token stream opens,
+  the tracker starts, ``node_start`` is published) and
+  :class:`~streaming_module.workflow.signals.NodeEnded` after it (tokens flushed, tracker at
+  100 %, ``node_complete``); pushed tokens, progress, tool runs and failures come synchronously
+  through :meth:`WorkflowRun.on_signal_nowait`. A chat model's tokens do not come through here
+  at all: the node's :class:`~streaming_module.workflow.capture.TokenCapture` (made by
+  :meth:`WorkflowRun.node_handlers`) hands them straight to ``TokenStreamingService``, in between
+  the node's start and end;
+- **LangGraph's stream**: ``updates`` / ``values`` / ``debug`` parts are published as events for
+  the nodes that asked for them; the last ``values`` part is the run's result.
+
+A node of another workflow used as a subgraph streams as part of the run's node that runs that
+subgraph (its scope says so, see :class:`~streaming_module.workflow.signals.NodeScope`).
 
 Lifecycle: ``status: started`` first; at the end every token stream of the run is flushed and
 closed and every tracker closed, *then* exactly one final status (``completed``, ``failed`` with
@@ -25,28 +31,33 @@ import asyncio
 import logging
 from collections.abc import Callable
 from contextlib import aclosing
+from threading import get_ident
 from typing import TYPE_CHECKING, Any
-from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
-from langchain_core.messages import AIMessage
 from langchain_core.runnables import RunnableConfig
 
 from streaming_module.config import StreamProgressOptions
 from streaming_module.core.events import merge_transformed
-from streaming_module.errors import TokenStreamingError
+from streaming_module.errors import WorkflowError
 from streaming_module.types import ProgressData, StreamEventType, StreamMetadata, StreamUpdate
-from streaming_module.workflow.graph import RUN_KEY, SELF_KEY, CompiledWorkflow, EventPlan
+from streaming_module.workflow.capture import TokenCapture, ToolCapture
+from streaming_module.workflow.compile import (
+    RUN_KEY,
+    SELF_KEY,
+    CompiledWorkflow,
+    EventPlan,
+    NodeDef,
+)
 from streaming_module.workflow.signals import (
-    ERROR,
-    NODE_END,
-    NODE_START,
-    PROGRESS,
-    TOKEN,
-    TOOL_END,
-    TOOL_START,
+    NodeEnded,
+    NodeFailed,
+    NodeStarted,
+    ProgressReported,
     Signal,
-    current_scope,
+    TokenPushed,
+    ToolEnded,
+    ToolStarted,
 )
 
 if TYPE_CHECKING:
@@ -60,86 +71,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger("streaming_module.workflow")
 
 _OVERALL_PROGRESS = StreamProgressOptions(interval=0)
-# What of LangGraph's ``messages`` metadata a token carries to its stream's processor and, with
-# include_metadata, into its update: where it was produced and by which model.
-_TOKEN_METADATA_KEYS = ("langgraph_node", "langgraph_step", "langgraph_checkpoint_ns")
 _ET = StreamEventType
-
-
-def _text_of(content: Any) -> str:
-    """The text of a message's content: a string, or the text parts of content blocks."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts: list[str] = []
-        for block in content:
-            if isinstance(block, str):
-                parts.append(block)
-            elif isinstance(block, dict) and block.get("type") == "text":
-                parts.append(str(block.get("text", "")))
-        return "".join(parts)
-    return ""
-
-
-def _token_metadata(meta: Any, message: AIMessage) -> dict[str, Any]:
-    """A token's metadata from a ``messages`` part: node, step, model (``ls_*``), message id."""
-    out: dict[str, Any] = {}
-    if isinstance(meta, dict):
-        for key, value in meta.items():
-            if key in _TOKEN_METADATA_KEYS or key.startswith("ls_"):
-                out[key] = value
-    if message.id is not None:
-        out["message_id"] = message.id
-    return out
-
-
-class _ToolCallbacks(BaseCallbackHandler):
-    """Turns LangChain tool runs inside a node into ``tool_start``/``tool_complete`` signals.
-
-    It ignores LLM, chat model and chain callbacks, so it costs nothing on the token path (tool
-    callbacks are gated by ``ignore_agent``, which therefore stays ``False``). Synchronous and
-    ``run_inline``: LangChain then calls it in place, with no task or thread per event.
-    """
-
-    run_inline = True
-
-    ignore_llm = True
-    ignore_chat_model = True
-    ignore_chain = True
-    ignore_retriever = True
-    ignore_retry = True
-    ignore_custom_event = True
-
-    def on_tool_start(
-        self,
-        serialized: dict[str, Any] | None,
-        input_str: str,
-        *,
-        run_id: UUID,
-        **kwargs: Any,
-    ) -> None:
-        scope = current_scope.get()
-        if scope is not None:
-            name = (serialized or {}).get("name") or kwargs.get("name") or "tool"
-            scope.writer(
-                Signal(TOOL_START, scope.node_id, {"tool": name, "input": input_str,
-                                                   "run_id": str(run_id)})
-            )  # fmt: skip
-
-    def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        scope = current_scope.get()
-        if scope is not None:
-            content = getattr(output, "content", output)
-            scope.writer(
-                Signal(TOOL_END, scope.node_id, {"output": content, "run_id": str(run_id)})
-            )
 
 
 class WorkflowRun:
     """One execution of a compiled workflow. Build one per call; not reusable.
 
-    ``note_error`` is called by node functions (in their own tasks) so that an error event is
-    published even if LangGraph raises before delivering the node's error signal.
+    Node functions call :meth:`node_handlers`, :meth:`on_signal` and :meth:`on_signal_nowait`;
+    everything else is the run's own business.
     """
 
     def __init__(
@@ -163,15 +102,73 @@ class WorkflowRun:
         self._nodes_done = 0
         self._open_tokens: set[str] = set()
         self._pending_values: list[str] = []
-        self._pending_errors: dict[str, BaseException] = {}
         self._held: dict[str, list[tuple[StreamEventType, Any]]] = {}
         self._tool_names: dict[str, str] = {}
-        self._tool_callbacks = _ToolCallbacks() if compiled.wants_tool_callbacks else None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = get_ident()
 
     # ------------------------------------------------------------------ called from nodes
 
-    def note_error(self, node_id: str, exc: BaseException) -> None:
-        self._pending_errors[node_id] = exc
+    def node_handlers(self, node: NodeDef) -> list[BaseCallbackHandler]:
+        """The LangChain callback handlers to attach to one run of ``node``: token capture for
+        a ``@stream_token`` node, tool capture for a node publishing tool events."""
+        handlers: list[BaseCallbackHandler] = []
+        token = node.token
+        if token is not None:
+            handlers.append(
+                TokenCapture(
+                    self.tokens,
+                    self.execution_id,
+                    node.node_id,
+                    with_metadata=node.node_id in self.compiled.token_metadata_nodes,
+                    isolate_tool_chunks=token.include_metadata and token.format != "structured",
+                    loop=self._loop,
+                )
+            )
+        if node.captures_tools:
+            handlers.append(ToolCapture(node.node_id, self.on_signal_nowait))
+        return handlers
+
+    async def on_signal(self, signal: Signal) -> None:
+        """Handle a signal from a node's own task, waiting on the services where they ask for
+        it (a node's start and end); the others go to :meth:`on_signal_nowait`."""
+        match signal:
+            case NodeStarted(node_id=node_id):
+                await self._node_started(node_id)
+            case NodeEnded(node_id=node_id, duration_ms=duration_ms):
+                await self._node_ended(node_id, duration_ms)
+            case _:
+                self.on_signal_nowait(signal)
+
+    def on_signal_nowait(self, signal: Signal) -> None:
+        """Handle a signal synchronously: a token pushed with ``self.stream_token``, progress, a
+        tool run, a failure. From another thread (a callback in a worker thread) it is handed to
+        the run's event loop. Errors of the services (a bad token, bad progress figures) raise
+        to the caller."""
+        if get_ident() != self._thread and self._loop is not None:
+            self._loop.call_soon_threadsafe(self.on_signal_nowait, signal)
+            return
+        node_id = signal.node_id
+        if node_id not in self.compiled.nodes:
+            return
+        match signal:
+            case TokenPushed(text=text, metadata=metadata):
+                if node_id in self._open_tokens:  # nodes without @stream_token stream none
+                    self.tokens.stream_token(self.execution_id, node_id, text, metadata)
+            case ProgressReported(current=current, total=total, metadata=metadata):
+                self._on_progress(node_id, current, total, metadata)
+            case NodeFailed(error=error):
+                self._publish_error(node_id, error)
+            case ToolStarted(tool=tool, input=tool_input, run_id=run_id):
+                self._tool_names[run_id] = tool
+                data = {**self._node_data(node_id), "tool": tool, "input": tool_input}
+                self._event(node_id, _ET.TOOL_START, {**data, "run_id": run_id})
+            case ToolEnded(output=output, run_id=run_id):
+                tool = self._tool_names.pop(run_id, "tool")
+                data = {**self._node_data(node_id), "tool": tool, "output": output}
+                self._event(node_id, _ET.TOOL_COMPLETE, {**data, "run_id": run_id})
+            case NodeStarted() | NodeEnded():
+                raise WorkflowError(f"{signal!r} needs the run's services: await on_signal()")
 
     # ------------------------------------------------------------------ the run
 
@@ -180,6 +177,8 @@ class WorkflowRun:
         unchanged (after ``status: failed``); cancellation propagates after ``cancelled``."""
         eid = self.execution_id
         compiled = self.compiled
+        self._loop = asyncio.get_running_loop()
+        self._thread = get_ident()
         self.events.emit_status(eid, "started")
         status = "failed"
         error: BaseException | None = None
@@ -187,17 +186,11 @@ class WorkflowRun:
             if compiled.options.streaming and compiled.options.progress:
                 self._overall = self.progress.create_tracker(eid, None, _OVERALL_PROGRESS)
                 await self._overall.start(total=len(compiled.order))
-            run_config = self._config(config)
             stream = compiled.graph.astream(
-                graph_input,
-                run_config,
-                stream_mode=list(compiled.stream_modes),
-                subgraphs=True,
+                graph_input, self._config(config), stream_mode=list(compiled.stream_modes)
             )
             async with aclosing(stream) as parts:
                 await self._consume(parts)
-            for node_id, exc in list(self._pending_errors.items()):
-                self._publish_error(node_id, exc)
             overall = self._overall
             if overall is not None and (overall.last is None or overall.last.progress < 100):
                 await overall.complete()
@@ -208,8 +201,6 @@ class WorkflowRun:
             raise
         except BaseException as exc:
             error = exc
-            for node_id, pending in list(self._pending_errors.items()):
-                self._publish_error(node_id, pending)
             raise
         finally:
             self._finish(status, error)
@@ -220,131 +211,73 @@ class WorkflowRun:
         configurable[RUN_KEY] = self
         configurable[SELF_KEY] = self.workflow
         base["configurable"] = configurable
-        if self._tool_callbacks is not None:
-            callbacks = base.get("callbacks")
-            if callbacks is None:
-                base["callbacks"] = [self._tool_callbacks]
-            elif isinstance(callbacks, list):
-                base["callbacks"] = [*callbacks, self._tool_callbacks]
-            else:
-                callbacks.add_handler(self._tool_callbacks)
         metadata = dict(base.get("metadata") or {})
         metadata.setdefault("execution_id", self.execution_id)
         base["metadata"] = metadata
         return base  # type: ignore[return-value]
 
     async def _consume(self, parts: Any) -> None:
-        # The per-token path is the first branch: keep it to a lookup, a check and a call.
-        eid = self.execution_id
-        token_nodes = self.compiled.token_nodes
-        metadata_nodes = self.compiled.token_metadata_nodes
-        stream_token = self.tokens.stream_token
-        async for namespace, mode, chunk in parts:
-            if mode == "messages":
-                message, meta = chunk
-                node_id = namespace[0].split(":", 1)[0] if namespace else meta["langgraph_node"]
-                if node_id in token_nodes and isinstance(message, AIMessage):
-                    content = message.content
-                    text = content if isinstance(content, str) else _text_of(content)
-                    if text:
-                        try:
-                            if node_id in metadata_nodes:
-                                stream_token(eid, node_id, text, _token_metadata(meta, message))
-                            else:
-                                stream_token(eid, node_id, text)
-                        except TokenStreamingError as exc:
-                            logger.warning("token of %s:%s dropped: %s", eid, node_id, exc)
-            elif mode == "custom":
-                if isinstance(chunk, Signal):
-                    await self._on_signal(namespace, chunk)
+        async for mode, chunk in parts:
+            if mode == "values":
+                self.state = chunk
+                self._on_values(chunk)
             elif mode == "updates":
-                if not namespace:
-                    self._on_updates(chunk)
-            elif mode == "values":
-                if not namespace:
-                    self.state = chunk
-                    self._on_values(chunk)
-            elif mode == "debug" and not namespace:
+                self._on_updates(chunk)
+            elif mode == "debug":
                 self._on_debug(chunk)
 
-    # ------------------------------------------------------------------ signals
+    # ------------------------------------------------------------------ a node's life
 
-    async def _on_signal(self, namespace: tuple[str, ...], signal: Signal) -> None:
-        kind = signal.kind
-        if namespace:
-            # From inside a subgraph: it belongs to the top-level node running that subgraph,
-            # whose own start/end/error signals tell its lifecycle.
-            if kind in (NODE_START, NODE_END, ERROR):
-                return
-            node_id = namespace[0].split(":", 1)[0]
-        else:
-            node_id = signal.node_id
-        node = self.compiled.nodes.get(node_id)
-        if node is None:
-            return
-        eid = self.execution_id
-        if kind == TOKEN:
-            if node_id in self.compiled.token_nodes:
-                text, metadata = signal.payload
-                if node_id not in self._open_tokens:
-                    await self._open_token_stream(node_id)
-                self.tokens.stream_token(eid, node_id, text, metadata)
-        elif kind == NODE_START:
-            if node.token is not None:
-                await self._open_token_stream(node_id)
-            if node.progress is not None:
-                tracker = self._trackers.get(node_id)
-                if tracker is None or tracker.closed:
-                    tracker = self.progress.create_tracker(eid, node_id, node.progress)
-                    self._trackers[node_id] = tracker
-                await tracker.start(total=100)
-            data = self._node_data(node_id)
-            self._event(node_id, _ET.NODE_START, data)
-            if node.options.type == "tool":
-                self._event(node_id, _ET.TOOL_START, {**data, "tool": node_id})
-        elif kind == NODE_END:
-            if node_id in self._open_tokens:
-                await self.tokens.flush_tokens(eid, node_id)
-            tracker = self._trackers.pop(node_id, None)
-            if tracker is not None and not tracker.closed:
-                await tracker.complete()
-                tracker.close()
-            data = {**self._node_data(node_id), "duration_ms": round(signal.payload, 3)}
-            if node.options.type == "tool":
-                self._event(node_id, _ET.TOOL_COMPLETE, {**data, "tool": node_id})
-            self._event(node_id, _ET.NODE_COMPLETE, data)
-            self._release(node_id)
-            if self._overall is not None:
-                self._nodes_done += 1
-                total = max(len(self.compiled.order), self._nodes_done)
-                await self._overall.update(self._nodes_done, total, {"completed_node": node_id})
-        elif kind == ERROR:
-            self._pending_errors.pop(node_id, None)
-            self._publish_error(node_id, signal.payload)
-        elif kind == PROGRESS:
-            current, total, metadata = signal.payload
+    async def _node_started(self, node_id: str) -> None:
+        node = self.compiled.nodes[node_id]
+        if node.token is not None:
+            await self._open_token_stream(node_id)
+        if node.progress is not None:
             tracker = self._trackers.get(node_id)
-            if tracker is not None and not tracker.closed:
-                await tracker.update(current, total, metadata)
-            elif _ET.PROGRESS in node.events.kinds:
-                percent = 100.0 * current / total if total else 0.0
-                self._event(
-                    node_id,
-                    _ET.PROGRESS,
-                    ProgressData(progress=min(max(percent, 0.0), 100.0), current=current,
-                                 total=total, text=f"{percent:.1f}%"),
-                    metadata,
-                )  # fmt: skip
-        elif kind == TOOL_START:
-            payload = signal.payload
-            self._tool_names[payload["run_id"]] = payload["tool"]
-            self._event(node_id, _ET.TOOL_START, {**self._node_data(node_id), **payload})
-        elif kind == TOOL_END:
-            payload = signal.payload
-            tool = self._tool_names.pop(payload["run_id"], "tool")
+            if tracker is None or tracker.closed:
+                tracker = self.progress.create_tracker(self.execution_id, node_id, node.progress)
+                self._trackers[node_id] = tracker
+            await tracker.start(total=100)
+        data = self._node_data(node_id)
+        self._event(node_id, _ET.NODE_START, data)
+        if node.options.type == "tool":
+            self._event(node_id, _ET.TOOL_START, {**data, "tool": node_id})
+
+    async def _node_ended(self, node_id: str, duration_ms: float) -> None:
+        node = self.compiled.nodes[node_id]
+        if node_id in self._open_tokens and self.tokens.has_token_stream(
+            self.execution_id, node_id
+        ):  # (a stream idle past stream_idle_timeout_ms was flushed and closed by the sweep)
+            await self.tokens.flush_tokens(self.execution_id, node_id)
+        tracker = self._trackers.pop(node_id, None)
+        if tracker is not None and not tracker.closed:
+            await tracker.complete()
+            tracker.close()
+        data = {**self._node_data(node_id), "duration_ms": round(duration_ms, 3)}
+        if node.options.type == "tool":
+            self._event(node_id, _ET.TOOL_COMPLETE, {**data, "tool": node_id})
+        self._event(node_id, _ET.NODE_COMPLETE, data)
+        self._release(node_id)
+        if self._overall is not None:
+            self._nodes_done += 1
+            total = max(len(self.compiled.order), self._nodes_done)
+            await self._overall.update(self._nodes_done, total, {"completed_node": node_id})
+
+    def _on_progress(
+        self, node_id: str, current: float, total: float, metadata: dict[str, Any] | None
+    ) -> None:
+        tracker = self._trackers.get(node_id)
+        if tracker is not None and not tracker.closed:
+            tracker.update_nowait(current, total, metadata)
+        elif _ET.PROGRESS in self.compiled.nodes[node_id].events.kinds:
+            percent = 100.0 * current / total if total else 0.0
             self._event(
-                node_id, _ET.TOOL_COMPLETE, {**self._node_data(node_id), "tool": tool, **payload}
-            )
+                node_id,
+                _ET.PROGRESS,
+                ProgressData(progress=min(max(percent, 0.0), 100.0), current=current,
+                             total=total, text=f"{percent:.1f}%"),
+                metadata,
+            )  # fmt: skip
 
     async def _open_token_stream(self, node_id: str) -> None:
         if node_id in self._open_tokens:
@@ -404,9 +337,6 @@ class WorkflowRun:
     # ------------------------------------------------------------------ events
 
     def _publish_error(self, node_id: str, exc: BaseException) -> None:
-        if node_id not in self.compiled.nodes:
-            return
-        self._pending_errors.pop(node_id, None)
         if node_id in self._open_tokens:
             self.tokens.close_token_stream(self.execution_id, node_id)
             self._open_tokens.discard(node_id)
