@@ -15,6 +15,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypeVar, get_args
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
     AliasChoices,
@@ -394,11 +395,34 @@ class WebSocketOptions(OptionsModel):
     )
 
 
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``, safe to log and show."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "<unparsable url>"
+    if password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
 class BrokerOptions(OptionsModel):
     """Where frames for an execution are kept (replay log) and fanned out."""
 
     backend: Literal["memory", "redis"] = "memory"
-    redis_url: str | None = None
+    redis_url: str | list[str] | None = Field(
+        default=None,
+        description="One Redis URL, or a list of them: executions are spread over the servers "
+        "by a stable hash of their id (every process must list the same URLs in the same order).",
+    )
     replay_max_frames: int = Field(
         default=10000, ge=1, description="Frames kept per execution for resume."
     )
@@ -412,12 +436,56 @@ class BrokerOptions(OptionsModel):
         default=10000, ge=1, description="Executions kept in memory; oldest ended evicted first."
     )
     key_prefix: str = "streaming_module"
+    producer_lease_ms: int = Field(
+        default=10000,
+        ge=200,
+        description="Redis: a process running a run renews a lease on it; when the lease expires "
+        "without a final status, one process publishes 'failed' with code 'producer_lost'.",
+    )
+    max_pending_frames: int = Field(
+        default=100_000,
+        ge=1,
+        description="Redis: frames a process may hold waiting for Redis; past it publish() "
+        "raises BrokerError and the frame's place becomes a gap (status frames always pass).",
+    )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _urls(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if value is None:
+            return None
+        urls = [value] if isinstance(value, str) else value
+        if isinstance(value, list) and not value:
+            raise ValueError("give at least one Redis URL, e.g. 'redis://127.0.0.1:6379/0'")
+        for url in urls:
+            if not url.startswith(_REDIS_SCHEMES):
+                raise ValueError(
+                    f"{mask_url(url)!r} is not a Redis URL: expected "
+                    "redis://[[user]:password@]host[:port][/db], rediss:// or unix://"
+                )
+        if len(set(urls)) != len(urls):
+            raise ValueError("the same Redis URL is listed twice")
+        return value
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if "{" in value or "}" in value:
+            raise ValueError("key_prefix may not contain '{' or '}' (keys use {execution id} tags)")
+        return value
 
     @model_validator(mode="after")
     def _redis(self) -> BrokerOptions:
         if self.backend == "redis" and not self.redis_url:
             raise ValueError("backend 'redis' needs redis_url, e.g. 'redis://127.0.0.1:6379/0'")
         return self
+
+    @property
+    def redis_urls(self) -> list[str]:
+        """``redis_url`` as a list (empty when unset)."""
+        if self.redis_url is None:
+            return []
+        return [self.redis_url] if isinstance(self.redis_url, str) else list(self.redis_url)
 
 
 class StreamingModuleOptions(OptionsModel):
@@ -440,6 +508,17 @@ class StreamingModuleOptions(OptionsModel):
     )
 
 
+def _masked(value: Any) -> Any:
+    """A rejected input as it may be shown: passwords in URLs masked."""
+    if isinstance(value, str) and "://" in value:
+        return mask_url(value)
+    if isinstance(value, (list, tuple)):
+        return [_masked(item) for item in value]
+    if isinstance(value, Mapping):
+        return {key: _masked(item) for key, item in value.items()}
+    return value
+
+
 def _format_errors(exc: ValidationError) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     for err in exc.errors(include_url=False):
@@ -449,7 +528,7 @@ def _format_errors(exc: ValidationError) -> list[tuple[str, str]]:
         else:
             msg = err["msg"]
             if "input" in err and err["type"] not in ("missing",):
-                shown = repr(err["input"])
+                shown = repr(_masked(err["input"]))
                 if len(shown) > 60:
                     shown = shown[:57] + "..."
                 msg = f"{msg} (got {shown})"
@@ -589,6 +668,7 @@ __all__ = [
     "TokenFilterOptions",
     "TokenProcessor",
     "WebSocketOptions",
+    "mask_url",
     "merge_options",
     "parse_duration",
     "parse_options",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from streaming_module.core.codec import encode_frame, ws_text_frame
@@ -132,6 +133,27 @@ class ListenerSubscription(Subscription):
             self._on_close(self)
 
 
+RUN_STATUSES = frozenset({"pending", "started", "completed", "failed", "cancelled"})
+"""The values of :attr:`RunRecord.status`."""
+
+
+@dataclass(slots=True)
+class RunRecord:
+    """What ``GET /executions/{id}`` answers about a run, kept by the broker so that any
+    instance can answer it (:meth:`Broker.save_run` / :meth:`Broker.load_run`)."""
+
+    execution_id: str
+    status: str
+    """``pending`` | ``started`` | ``completed`` | ``failed`` | ``cancelled``"""
+    workflow: str | None = None
+    result: Any = None
+    """JSON-able final state (bounded in bytes by the caller)."""
+    error: Any = None
+    """``{"code", "message"}`` or a string when failed."""
+    updated: str = ""
+    """ISO timestamp of the last change."""
+
+
 class Broker(abc.ABC):
     """Sequences, retains and fans out the frames of executions."""
 
@@ -164,6 +186,24 @@ class Broker(abc.ABC):
     def last_sequence(self, execution_id: str) -> int:
         """The sequence of the execution's latest frame (0 when none)."""
 
+    async def fetch_last_sequence(self, execution_id: str) -> int:
+        """:meth:`last_sequence` for async code: a shared backend is asked without blocking."""
+        return self.last_sequence(execution_id)
+
+    @abc.abstractmethod
+    async def save_run(self, record: RunRecord) -> None:
+        """Keep ``record`` (replacing the execution's previous one) for :meth:`load_run`; kept
+        as long as the execution's frames."""
+
+    @abc.abstractmethod
+    async def load_run(self, execution_id: str) -> RunRecord | None:
+        """The execution's last saved :class:`RunRecord`, or None."""
+
+    async def health(self) -> dict[str, Any]:
+        """The broker's state for ``GET /health``: at least ``backend`` and ``status`` (``ok``,
+        or ``degraded`` when the backend cannot be reached)."""
+        return {"backend": type(self).__name__, "status": "ok"}
+
     async def ping(self) -> None:  # noqa: B027 - optional hook
         """Check the backend answers; raises :class:`BrokerError` saying what to check (no-op in
         memory). The server resource calls it before it starts listening."""
@@ -176,4 +216,13 @@ class Broker(abc.ABC):
         """Stop timers, drop subscriptions and logs."""
 
 
-__all__ = ["GAP", "Broker", "Frame", "Listener", "ListenerSubscription", "Subscription"]
+__all__ = [
+    "GAP",
+    "RUN_STATUSES",
+    "Broker",
+    "Frame",
+    "Listener",
+    "ListenerSubscription",
+    "RunRecord",
+    "Subscription",
+]

@@ -1,81 +1,111 @@
 """The Redis Streams broker: several processes (several gateways) serve the same executions.
 
-Key layout (``p`` is ``BrokerOptions.key_prefix``, ``E`` an execution id):
+Key layout (``p`` is ``BrokerOptions.key_prefix``, ``E`` an execution id; ``{E}`` is a Redis Cluster
+hash tag, so an execution's keys share one slot):
 
-- ``p:exec:E`` — a Redis stream, one entry per frame. The entry id *is* the sequence
-  (``<sequence>-0``), so a resume after ``N`` is ``XRANGE p:exec:E (N-0 +``. Fields: ``f`` the
+- ``p:exec:{E}`` — a Redis stream, one entry per frame. The entry id *is* the sequence
+  (``<sequence>-0``), so a resume after ``N`` is ``XRANGE p:exec:{E} (N-0 +``. Fields: ``f`` the
   encoded JSON frame (sequence included, exactly the bytes clients are sent), ``t`` the publish
   time in epoch milliseconds (for the replay age bound), ``r`` = ``0`` on non-replayable frames.
-  Trimmed *exactly* to ``replay_max_frames`` on every append (``XADD MAXLEN n``, not ``~``: a
-  little more work in Redis, but the log never holds more than the option says, as in memory).
-- ``p:exec:E:meta`` — a hash: ``seq`` the execution's last sequence, ``ended`` once
-  :meth:`~RedisBroker.end_execution` ran, ``w:<writer>`` the last frame each broker instance
-  wrote (``<local id>:<sequence>``, for idempotent retries).
+  Trimmed *exactly* to ``replay_max_frames`` once per written batch (``XTRIM MAXLEN n``).
+- ``p:exec:{E}:meta`` — a hash: ``seq`` the execution's last sequence, ``ended`` once
+  :meth:`~RedisBroker.end_execution` ran, ``final`` once a final status was written,
+  ``w:<writer>`` the last script call each broker instance applied (for idempotent retries).
+- ``p:exec:{E}:lease`` — the id of the broker running the execution, with a TTL of
+  ``producer_lease_ms``, renewed while it runs (see *Producers that die*).
+- ``p:exec:{E}:run`` — the execution's :class:`~streaming_module.broker.base.RunRecord` (a hash),
+  expiring with the stream.
+- ``p:leases`` — a sorted set of the executions holding a lease, scored by when their lease is
+  due (a hint for the processes that look for lost producers; the lease key is authoritative).
 - ``p:wake:<broker id>`` — a tiny stream this broker writes to interrupt its own blocking read
   when a subscriber needs a new execution read (``MAXLEN 1``, expires after a minute).
 
-Sequencing. Sequence numbers rise by one per execution over every frame, across processes: a Lua
-script does ``HINCRBY seq`` and ``XADD`` atomically inside Redis. :meth:`~RedisBroker.publish`
-is synchronous and never blocks, so it cannot wait for Redis: it encodes the frame, puts it in a
-bounded local FIFO and returns the :class:`Frame` with ``sequence`` 0. One writer task per broker
-drains the FIFO in order, pipelining up to :data:`WRITE_BATCH` scripts per round trip, and fills
-in ``frame.sequence`` once Redis assigned it; ``await flush()`` returns when every frame published
-before the call is in Redis with its sequence. Because one writer writes in FIFO order, one
-process's frames keep their order (a run's final status stays its last frame), and frames of
-different processes interleave in the order Redis received them. The trade-off: the returned
-``Frame.sequence`` is known only after ``flush()`` (in the rare case of a retry after a lost reply
-it stays 0 — subscribers are unaffected), and a frame reaches subscribers — *local ones too* —
-only after a round trip to Redis, from the same read path as everyone else, so every process
-sees the same numbering.
+Several servers. ``redis_url`` may list several Redis servers: each execution lives on the one
+chosen by a jump consistent hash of its id (stable across processes and restarts; every process
+must list the same URLs in the same order). Each server gets its own writer, reader and
+connection pool in every process.
 
-Full policy: the FIFO holds at most ``max_pending`` frames (default 100,000; each costs its
-encoded JSON plus ~250 bytes). When it is full — Redis slow or unreachable for long —
-``publish`` raises :class:`~streaming_module.errors.BrokerError` instead of dropping a frame
-silently or blocking the event loop.
+Sequencing and the write path. :meth:`~RedisBroker.publish` is synchronous and never blocks: it
+encodes the frame once (split around its sequence number), puts it in a bounded local FIFO and
+returns the :class:`Frame` with ``sequence`` 0. One writer task per server drains the FIFO in
+order, up to :data:`WRITE_BATCH` frames per round trip, with **one script call per execution per
+batch**: the frames travel as two blob arguments (a packed header per frame and the
+concatenated JSON around the sequence), the script does one ``HINCRBY seq n``, one ``XADD`` per
+frame, one exact ``XTRIM`` and the expiries. Sequence numbers therefore rise by one per
+execution over every frame, across processes; one process's frames keep their order (a run's
+final status stays its last frame); frames of different processes interleave in the order Redis
+received them. ``await flush()`` returns when every frame published before it is in Redis with
+its sequence (the returned frame's ``sequence`` is filled in then).
 
-Live delivery and replay. One reader task per broker runs a blocking ``XREAD`` over every
-execution that has local subscribers, from the last sequence it delivered, and fans each frame out
-to the listeners synchronously (one Frame object, decoded once, shared). ``subscribe(E,
-last_sequence=N)`` reads the retained frames after ``N`` with ``XRANGE`` (pages of
-:data:`REPLAY_PAGE`), preceded by a ``gap`` frame for sequences trimmed away or older than
+Delivery. A local subscriber does not wait for its own process's frames to come back from Redis:
+once the writer has Redis's answer, the frames are delivered to this process's subscribers at
+once, when they directly follow what those subscribers already have. Everything else (frames of
+other processes, or ours when others' frames came in between) comes from one reader task per
+server running a blocking ``XREAD COUNT 1024`` over every execution with local subscribers. The
+reader fans out the stored bytes without decoding them: a frame's payload is decoded only if
+something reads it (the WebSocket path does not).
+
+No silent skip. A reader that finds its next frames gone from the stream (trimmed by
+``replay_max_frames`` before it could read them, or lost by a Redis restart) delivers a ``gap``
+``{"from", "to"}`` and continues; a replay does the same for every hole. The writer also holds
+its own process's readers back from that: it waits (up to a second) before writing to an
+execution whose local reader lags by more than half the log.
+
+Full policy. The FIFO holds at most ``max_pending_frames`` frames (each costs its JSON plus
+~300 bytes). Past it — Redis slow or unreachable for long — ``publish`` raises
+:class:`~streaming_module.errors.BrokerError` (never blocks, never grows without bound), and the
+refused frame's place in the numbering is kept: the next accepted frame of that execution is
+numbered after it, so every subscriber sees a ``gap`` there instead of silently missing text.
+``status`` frames are always accepted (one run's end must never be lost).
+
+Producers that die. A broker that publishes a ``status`` frame that is not final (``started``)
+takes a lease on the execution in Redis (in the same script call) and renews it every third of
+``producer_lease_ms``; the final status releases it. Every broker periodically looks for leases
+that expired without a final status; the first to find one appends the final ``status: failed``
+``{"code": "producer_lost"}`` through the same script as any frame (sequenced, replayable, so
+every watcher on every process ends and a resume replays it), marks the execution ended and its
+:class:`RunRecord` failed. The check and the append are one script on the execution's keys, so
+exactly one process announces it.
+
+Replay. ``subscribe(E, last_sequence=N)`` reads the retained frames after ``N`` with ``XRANGE``
+(pages of :data:`REPLAY_PAGE`), preceded by a ``gap`` for sequences trimmed away or older than
 ``replay_max_age_ms``, then catches up to what the reader has delivered and joins it with no
-await in between: no gap, no duplicate.
+await in between: no gap, no duplicate. At-most-once frames (``replayable=False``) are sequenced
+and stored with ``r=0``: live subscribers get them in order, a replay skips them.
 
-At-most-once frames (``replayable=False``) are sequenced and stored in the same stream with
-``r=0``: live subscribers get them in order with everything else, a replay skips them. They
-occupy slots of ``replay_max_frames``.
-
-Retention. Every append sets the stream's TTL to ``replay_max_age_ms`` (an idle execution
-disappears once all its frames are too old to be replayed anyway); :meth:`end_execution`, queued
-behind the execution's frames, sets it to ``retention_after_end_ms``. The meta hash lives
-``replay_max_age_ms`` longer than the stream, as a tombstone: an execution published to again
-continues its numbering, and a resume from an earlier point gets a ``gap``, never a restart.
+Retention. Every write sets the stream's TTL to ``replay_max_age_ms``; :meth:`end_execution`,
+queued behind the execution's frames, sets it to ``retention_after_end_ms``. The meta hash lives
+``replay_max_age_ms`` longer (a tombstone): an execution published to again continues its
+numbering. Numbering also continues after a Redis restart without persistence: the writer tells
+the script the last sequence this process knows, and a new counter starts after it (a resume from
+before it gets a ``gap``).
 
 Failures. A Redis that cannot be reached raises :class:`BrokerError` from ``subscribe`` and from
-``flush`` (after ``flush_timeout`` seconds of failed attempts), naming the URL with its password
-masked. A connection dropped mid-run is retried by the writer and the reader with exponential
-backoff (0.05 s to 5 s) and logged on ``streaming_module.broker.redis``; queued frames wait and
-are written once Redis is back, exactly once (the script skips frames a lost reply already wrote).
-A Redis restarted *without persistence* loses logs and numbering: use persistence or a replica
-if resumes must survive that. Not Redis Cluster aware (one server, or Sentinel/proxy).
-
-Connections: one bounded pool (``max_connections``, default 16): the reader holds one, the
-writer one, replays and wake-ups share the rest (a caller waits when all are busy).
+``flush`` (after ``flush_timeout`` seconds), naming the URL with its password masked. A dropped
+connection is retried by the writer and the reader with exponential backoff (0.05 s to 5 s),
+logged once per outage on ``streaming_module.broker.redis``; queued frames are written once
+Redis is back, exactly once (the script recognises calls a lost reply already applied).
+:meth:`~RedisBroker.health` reports each server's state.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import hashlib
 import itertools
 import logging
 import random
+import struct
+import time
 import uuid
 from collections import OrderedDict, deque
+from collections.abc import Iterable
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import orjson
+import redis as sync_redis
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
@@ -87,88 +117,202 @@ from streaming_module.broker.base import (
     Frame,
     Listener,
     ListenerSubscription,
+    RunRecord,
     Subscription,
 )
-from streaming_module.config import BrokerOptions
+from streaming_module.config import BrokerOptions, mask_url
 from streaming_module.core.clock import Clock, SystemClock
 from streaming_module.core.codec import encode_frame
 from streaming_module.errors import BrokerError
+from streaming_module.types import FINAL_STATUSES
 
 logger = logging.getLogger("streaming_module.broker.redis")
 
 WRITE_BATCH = 512
-"""Frames written per round trip (one pipeline of scripts)."""
+"""Frames taken from the queue per round trip; one script call per execution among them, so a
+call never carries more than this (other clients of Redis are not held up for long)."""
 
 READ_COUNT = 1024
-"""Entries per stream per ``XREAD``."""
+"""Entries per stream per ``XREAD`` (more gains nothing measurable)."""
 
 REPLAY_PAGE = 1000
 """Entries per ``XRANGE`` page during a replay."""
 
+LEASE_SCAN = 100
+"""Expired-lease candidates examined per server per look."""
+
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 5.0
 
+READER_LAG_WAIT = 1.0
+"""Longest the writer waits for this process's reader to catch up before writing anyway."""
+
+HEALTH_TIMEOUT = 1.0
+"""Seconds :meth:`RedisBroker.health` waits for each server's PING."""
+
+PRODUCER_LOST = "producer_lost"
+
 _NETWORK_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
-# KEYS: stream, meta. ARGV: writer, local id, json before the sequence, json after it,
-# replayable ('1'|'0'), maxlen, idle ttl ms, ended ttl ms, tombstone ms, time ms.
-_PUBLISH_LUA = """
+# Per frame in a script call: length of the JSON before the sequence, length after it, publish
+# time (epoch ms), kind. Kind HOLE: sequences given up (refused frames); the first length is
+# how many.
+_HEAD = struct.Struct(">IIdB")
+_NOT_REPLAYABLE, _REPLAYABLE, _HOLE = 0, 1, 2
+
+# KEYS: stream, meta, lease, run.
+# ARGV: 1 writer, 2 call id, 3 sequences used, 4 items, 5 heads, 6 data, 7 maxlen, 8 idle ttl,
+# 9 ended ttl, 10 tombstone ms, 11 floor (last sequence the caller knows), 12 op ('-' none,
+# 'a' take the lease, 'r' final status: release it, 'c' claim a lost producer's run),
+# 13 lease ms, 14 run error JSON (claim), 15 timestamp (claim).
+# Returns the first sequence used; 0 for a claim that is no longer needed (a final status was
+# written); -pttl for a claim whose lease is still alive.
+_APPEND_LUA = """
+local op = ARGV[12]
 local wf = 'w:' .. ARGV[1]
-local m = redis.call('HMGET', KEYS[2], wf, 'ended')
-local lid = tonumber(ARGV[2])
-if m[1] then
+local m = redis.call('HMGET', KEYS[2], wf, 'ended', 'final')
+if op == 'c' then
+  if m[3] then return 0 end
+  local pttl = redis.call('PTTL', KEYS[3])
+  if pttl ~= -2 then
+    if pttl < 1 then pttl = 1 end
+    return -pttl
+  end
+elseif m[1] then
   local sep = string.find(m[1], ':', 1, true)
   local done = tonumber(string.sub(m[1], 1, sep - 1))
-  if done >= lid then
-    if done == lid then return tonumber(string.sub(m[1], sep + 1)) end
+  if done >= tonumber(ARGV[2]) then
+    if done == tonumber(ARGV[2]) then return tonumber(string.sub(m[1], sep + 1)) end
     return 0
   end
 end
-local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
-if seq == 1 then
-  local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-  if last[1] then
-    seq = tonumber(string.match(last[1][1], '^(%d+)')) + 1
-    redis.call('HSET', KEYS[2], 'seq', seq)
+local count = tonumber(ARGV[3])
+local last = redis.call('HINCRBY', KEYS[2], 'seq', count)
+if last == count then
+  local base = tonumber(ARGV[11])
+  local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+  if top[1] then
+    local s = tonumber(string.match(top[1][1], '^(%d+)'))
+    if s > base then base = s end
+  end
+  if base > 0 then
+    last = base + count
+    redis.call('HSET', KEYS[2], 'seq', last)
   end
 end
-local id = string.format('%d-0', seq)
-local f = ARGV[3] .. string.format('%d', seq) .. ARGV[4]
-if ARGV[5] == '1' then
-  redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[6], id, 'f', f, 't', ARGV[10])
-else
-  redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[6], id, 'f', f, 't', ARGV[10], 'r', '0')
+local first = last - count + 1
+local seq = first - 1
+local heads, data = ARGV[5], ARGV[6]
+local hp, dp = 1, 1
+for _ = 1, tonumber(ARGV[4]) do
+  local lb, la, t, kind
+  lb, la, t, kind, hp = struct.unpack('>IIdB', heads, hp)
+  if kind == 2 then
+    seq = seq + lb
+  else
+    seq = seq + 1
+    local s = string.format('%d', seq)
+    local f = string.sub(data, dp, dp + lb - 1) .. s .. string.sub(data, dp + lb, dp + lb + la - 1)
+    dp = dp + lb + la
+    if kind == 1 then
+      redis.call('XADD', KEYS[1], s .. '-0', 'f', f, 't', string.format('%.0f', t))
+    else
+      redis.call('XADD', KEYS[1], s .. '-0', 'f', f, 't', string.format('%.0f', t), 'r', '0')
+    end
+  end
 end
-redis.call('HSET', KEYS[2], wf, ARGV[2] .. ':' .. string.format('%d', seq))
-local ttl = tonumber(ARGV[7])
-if m[2] then ttl = tonumber(ARGV[8]) end
+redis.call('XTRIM', KEYS[1], 'MAXLEN', ARGV[7])
+local ttl = tonumber(ARGV[8])
+if m[2] or op == 'c' then ttl = tonumber(ARGV[9]) end
+if op == 'a' then
+  redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[13])
+  redis.call('HDEL', KEYS[2], 'final')
+elseif op == 'r' then
+  if redis.call('GET', KEYS[3]) == ARGV[1] then redis.call('DEL', KEYS[3]) end
+  redis.call('HSET', KEYS[2], 'final', '1')
+elseif op == 'c' then
+  redis.call('HSET', KEYS[2], 'final', '1', 'ended', '1')
+  local st = redis.call('HGET', KEYS[4], 'status')
+  if st ~= 'completed' and st ~= 'failed' and st ~= 'cancelled' then
+    redis.call('HSET', KEYS[4], 'status', 'failed', 'error', ARGV[14], 'updated', ARGV[15])
+  end
+end
+if op ~= 'c' then
+  redis.call('HSET', KEYS[2], wf, ARGV[2] .. ':' .. string.format('%d', first))
+end
 redis.call('PEXPIRE', KEYS[1], ttl)
-redis.call('PEXPIRE', KEYS[2], ttl + tonumber(ARGV[9]))
-return seq
+redis.call('PEXPIRE', KEYS[2], ttl + tonumber(ARGV[10]))
+redis.call('PEXPIRE', KEYS[4], ttl)
+return first
 """
 
-# KEYS: stream, meta. ARGV: ended ttl ms, tombstone ms.
+# KEYS: stream, meta, run. ARGV: ended ttl ms, tombstone ms.
 _END_LUA = """
 redis.call('HSET', KEYS[2], 'ended', '1')
 redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[1]) + tonumber(ARGV[2]))
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]))
+redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[1]))
 return 1
 """
 
+# KEYS: lease, meta. ARGV: owner, lease ms. 1 when renewed (or taken back after it lapsed,
+# while nobody announced the run lost), 0 when no longer ours.
+_RENEW_LUA = """
+local owner = redis.call('GET', KEYS[1])
+if owner == ARGV[1] or (not owner and not redis.call('HGET', KEYS[2], 'final')) then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
 
-def mask_url(url: str) -> str:
-    """``url`` with its password (if any) replaced by ``***``, safe to log and show."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable redis url>"
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+# KEYS: meta. ARGV: floor, ttl ms. Raises the counter to the floor (after a Redis restart).
+_FLOOR_LUA = """
+local s = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
+if s < tonumber(ARGV[1]) then
+  redis.call('HSET', KEYS[1], 'seq', ARGV[1])
+  if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+  return 1
+end
+return 0
+"""
+
+# KEYS: run, stream. ARGV: fallback ttl ms, then field/value pairs. Replaces the record and gives
+# it the stream's TTL (the fallback when the stream has none yet).
+_SAVE_RUN_LUA = """
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+local ttl = redis.call('PTTL', KEYS[2])
+if ttl < 1 then ttl = tonumber(ARGV[1]) end
+if ttl < 1 then ttl = 1 end
+redis.call('PEXPIRE', KEYS[1], ttl)
+return ttl
+"""
+
+_SCRIPTS = {
+    "append": _APPEND_LUA,
+    "end": _END_LUA,
+    "renew": _RENEW_LUA,
+    "floor": _FLOOR_LUA,
+    "save_run": _SAVE_RUN_LUA,
+}
+_SHA = {name: hashlib.sha1(body.encode()).hexdigest() for name, body in _SCRIPTS.items()}
+
+
+@functools.lru_cache(maxsize=8192)
+def shard_index(execution_id: str, servers: int) -> int:
+    """The server (0 .. ``servers``-1) holding ``execution_id``: a jump consistent hash
+    (Lamping & Veach) of a 64-bit BLAKE2b digest of the id — stable across processes, Python
+    versions and restarts; growing from n to n+1 servers moves about 1/(n+1) of executions."""
+    if servers <= 1:
+        return 0
+    key = int.from_bytes(hashlib.blake2b(execution_id.encode(), digest_size=8).digest(), "big")
+    bucket, jump = -1, 0
+    while jump < servers:
+        bucket = jump
+        key = (key * 2862933555777941757 + 1) & 0xFFFFFFFFFFFFFFFF
+        jump = int((bucket + 1) * ((1 << 31) / ((key >> 33) + 1)))
+    return bucket
 
 
 def _sequence(entry_id: bytes) -> int:
@@ -176,26 +320,141 @@ def _sequence(entry_id: bytes) -> int:
     return int(entry_id.partition(b"-")[0])
 
 
-class _Write:
-    """One queued write: a frame (``frame`` set) or the end of an execution."""
+def _streams(response: Any) -> Iterable[tuple[bytes, list[Any]]]:
+    """``XREAD``'s raw reply as ``(key, entries)``: a map under RESP3, a list of pairs under
+    RESP2."""
+    if not response:
+        return ()
+    if isinstance(response, dict):
+        return response.items()
+    return ((pair[0], pair[1]) for pair in response)
 
-    __slots__ = ("after", "before", "execution_id", "frame", "local_id", "millis")
+
+async def _command(client: aioredis.Redis, *args: Any) -> Any:
+    """A command whose reply is returned as parsed (no response callback for stream reads)."""
+    return await client.execute_command(*args)  # type: ignore[no-untyped-call]
+
+
+_TYPE_START = len(b'{"type":"')
+
+
+class _StoredFrame(Frame):
+    """A frame as Redis holds it: the exact JSON bytes every process sends, with ``type``,
+    ``timestamp`` and ``payload`` decoded only when something reads them. (Stands in for the
+    shared ``Frame.from_encoded`` until that lands.)"""
+
+    __slots__ = ("_decoded", "_frame_type")
+
+    def __init__(self, execution_id: str, sequence: int, data: bytes, replayable: bool) -> None:
+        # Frame.__init__ is not called: its decoded fields are properties here.
+        self.execution_id = execution_id
+        self.sequence = sequence
+        self.replayable = replayable
+        self._encoded = data
+        self._ws_frame = None
+        self._decoded: dict[str, Any] | None = None
+        self._frame_type: str | None = None
+
+    def _fields(self) -> dict[str, Any]:
+        decoded = self._decoded
+        if decoded is None:
+            decoded = self._decoded = orjson.loads(self._encoded or b"{}")
+        return decoded
+
+    @property
+    def type(self) -> str:
+        frame_type = self._frame_type
+        if frame_type is None:
+            data = self._encoded or b""
+            end = data.find(b'"', _TYPE_START)
+            raw = data[_TYPE_START:end]
+            # Our encoder writes "type" first; anything unusual (an escape) is decoded properly.
+            if end < 0 or b"\\" in raw or not data.startswith(b'{"type":"'):
+                frame_type = str(self._fields()["type"])
+            else:
+                frame_type = raw.decode()
+            self._frame_type = frame_type
+        return frame_type
+
+    @type.setter
+    def type(self, value: str) -> None:
+        self._frame_type = value
+
+    @property
+    def timestamp(self) -> str:
+        return str(self._fields()["timestamp"])
+
+    @timestamp.setter
+    def timestamp(self, value: str) -> None:
+        self._fields()["timestamp"] = value
+
+    @property
+    def payload(self) -> Any:
+        return self._fields()["payload"]
+
+    @payload.setter
+    def payload(self, value: Any) -> None:
+        self._fields()["payload"] = value
+
+
+class _Write:
+    """One queued write: a frame, a hole (refused frames), or the end of an execution."""
+
+    __slots__ = ("after", "before", "execution_id", "frame", "head", "op")
 
     def __init__(
         self,
         execution_id: str,
-        local_id: int,
         frame: Frame | None,
         before: bytes = b"",
         after: bytes = b"",
-        millis: int = 0,
+        head: bytes = b"",
+        op: str = "-",
     ) -> None:
         self.execution_id = execution_id
-        self.local_id = local_id
         self.frame = frame
         self.before = before
         self.after = after
-        self.millis = millis
+        self.head = head
+        self.op = op
+        """'-' nothing, 'a' take the lease, 'r' release it (final status), 'end' end_execution,
+        'hole' refused frames (``head`` says how many)."""
+
+
+class _Call:
+    """One script call of a batch: an execution's frames (and holes), or its end."""
+
+    __slots__ = ("call_id", "count", "data", "execution_id", "heads", "is_end", "op", "writes")
+
+    def __init__(self, execution_id: str, call_id: int, is_end: bool = False) -> None:
+        self.execution_id = execution_id
+        self.call_id = call_id
+        self.is_end = is_end
+        self.writes: list[_Write] = []
+        self.op = "-"
+        self.count = 0
+        self.heads = b""
+        self.data = b""
+
+    def seal(self) -> None:
+        heads: list[bytes] = []
+        data: list[bytes] = []
+        count = 0
+        op = "-"
+        for write in self.writes:
+            heads.append(write.head)
+            if write.op == "hole":
+                count += _HEAD.unpack(write.head)[0]
+                continue
+            count += 1
+            data.append(write.before)
+            data.append(write.after)
+            if write.op != "-":
+                op = write.op
+        self.heads = b"".join(heads)
+        self.data = b"".join(data)
+        self.count = count
+        self.op = op
 
 
 class _RedisSubscription(ListenerSubscription):
@@ -208,14 +467,15 @@ class _RedisSubscription(ListenerSubscription):
 
 
 class _Reading:
-    """An execution this process reads live: its stream key, the last sequence the reader
-    delivered, and the local listeners."""
+    """An execution this process reads live: its stream key, the last sequence delivered to its
+    listeners, and the local listeners."""
 
-    __slots__ = ("cursor", "execution_id", "key", "listeners", "pending", "ready")
+    __slots__ = ("cursor", "execution_id", "key", "listeners", "pending", "ready", "shard")
 
-    def __init__(self, execution_id: str, key: str) -> None:
+    def __init__(self, execution_id: str, shard: _Shard) -> None:
         self.execution_id = execution_id
-        self.key = key
+        self.shard = shard
+        self.key = shard.stream_key(execution_id).encode()
         self.cursor = 0
         self.listeners: tuple[_RedisSubscription, ...] = ()
         self.pending = 0
@@ -223,43 +483,33 @@ class _Reading:
         self.ready: asyncio.Future[None] | None = None
 
 
-class RedisBroker(Broker):
-    """A :class:`Broker` over Redis Streams, shared by every process using the same Redis and
-    ``key_prefix``. See the module docstring for the design, guarantees and bounds."""
+class _Shard:
+    """One Redis server: its connection pool, writer queue and reader."""
 
     def __init__(
         self,
-        options: BrokerOptions,
-        clock: Clock | None = None,
+        index: int,
+        url: str,
+        prefix: str,
+        broker_id: str,
         *,
-        max_pending: int = 100_000,
-        max_connections: int = 16,
-        flush_timeout: float = 10.0,
-        block_ms: int = 2000,
+        max_connections: int,
+        flush_timeout: float,
+        block_ms: int,
     ) -> None:
-        if not options.redis_url:
-            raise BrokerError(
-                "the redis broker needs broker.redis_url, e.g. 'redis://127.0.0.1:6379/0'",
-                context={"backend": "redis"},
-            )
-        if max_pending < 1 or max_connections < 3:
-            raise ValueError("max_pending must be >= 1 and max_connections >= 3")
-        self.options = options
-        self.url = mask_url(options.redis_url)
-        self._clock: Clock = clock or SystemClock()
-        self._max_pending = max_pending
-        self._flush_timeout = flush_timeout
-        self._block_ms = block_ms
-        self._id = uuid.uuid4().hex[:16]
+        self.index = index
+        self.raw_url = url
+        self.url = mask_url(url)
+        self.prefix = prefix
         try:
             pool = aioredis.BlockingConnectionPool.from_url(
-                options.redis_url,
+                url,
                 max_connections=max_connections,
                 timeout=max(flush_timeout, 1.0),
                 socket_connect_timeout=min(5.0, max(flush_timeout, 0.5)),
                 socket_timeout=block_ms / 1000 + 10.0,
                 socket_keepalive=True,
-                client_name=f"streaming_module:{self._id}",
+                client_name=f"streaming_module:{broker_id}",
             )
         except ValueError as exc:
             raise BrokerError(
@@ -267,38 +517,160 @@ class RedisBroker(Broker):
                 "redis://[[user]:password@]host[:port][/db] or rediss:// or unix://",
                 context={"url": self.url},
             ) from None
-        self._redis: aioredis.Redis = aioredis.Redis(connection_pool=pool)
+        self.client: aioredis.Redis = aioredis.Redis(connection_pool=pool)
+        # Stream replies are read raw (hiredis parses them in C; no dict per entry).
+        for command in ("XREAD", "XRANGE"):
+            if command in self.client.response_callbacks:
+                del self.client.response_callbacks[command]
+        self.sync_client: sync_redis.Redis | None = None
+        self.wake_key = f"{prefix}:wake:{broker_id}"
+        self.leases_key = f"{prefix}:leases"
+        self.scripts_loaded = False
+        # ---- writer
+        self.queue: deque[_Write] = deque()
+        self.inflight: list[_Call] | None = None
+        self.inflight_writes = 0
+        self.enqueued = 0
+        self.written = 0
+        self.work = asyncio.Event()
+        self.progress = asyncio.Event()
+        self.last_error: BaseException | None = None
+        self.writer: asyncio.Task[None] | None = None
+        # ---- reader
+        self.by_key: dict[bytes, _Reading] = {}
+        self.reader: asyncio.Task[None] | None = None
+        self.reader_idle = asyncio.Event()
+        self.reader_blocked = False
+        self.reader_progress = asyncio.Event()
+        self.reader_error: BaseException | None = None
+        self.wake_cursor = "0-0"
+
+    # keys
+    def stream_key(self, execution_id: str) -> str:
+        return f"{self.prefix}:exec:{{{execution_id}}}"
+
+    def meta_key(self, execution_id: str) -> str:
+        return f"{self.prefix}:exec:{{{execution_id}}}:meta"
+
+    def lease_key(self, execution_id: str) -> str:
+        return f"{self.prefix}:exec:{{{execution_id}}}:lease"
+
+    def run_key(self, execution_id: str) -> str:
+        return f"{self.prefix}:exec:{{{execution_id}}}:run"
+
+    def signal_progress(self) -> None:
+        progress, self.progress = self.progress, asyncio.Event()
+        progress.set()
+
+    def signal_reader_progress(self) -> None:
+        progress, self.reader_progress = self.reader_progress, asyncio.Event()
+        progress.set()
+
+    async def load_scripts(self) -> None:
+        for name, body in _SCRIPTS.items():
+            sha = await self.client.script_load(body)
+            if sha != _SHA[name]:  # pragma: no cover - Redis computes SHA1 like we do
+                raise BrokerError(f"Redis at {self.url} returned an unexpected script id")
+        self.scripts_loaded = True
+
+    async def evalsha(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        if not self.scripts_loaded:
+            await self.load_scripts()
+        try:
+            return await self.client.evalsha(_SHA[name], len(keys), *keys, *args)
+        except NoScriptError:
+            await self.load_scripts()
+            return await self.client.evalsha(_SHA[name], len(keys), *keys, *args)
+
+
+class RedisBroker(Broker):
+    """A :class:`Broker` over Redis Streams, shared by every process using the same Redis
+    server(s) and ``key_prefix``. See the module docstring for the design, guarantees and
+    bounds."""
+
+    def __init__(
+        self,
+        options: BrokerOptions,
+        clock: Clock | None = None,
+        *,
+        max_pending: int | None = None,
+        max_connections: int = 16,
+        flush_timeout: float = 10.0,
+        block_ms: int = 2000,
+    ) -> None:
+        urls = options.redis_urls
+        if not urls:
+            raise BrokerError(
+                "the redis broker needs broker.redis_url, e.g. 'redis://127.0.0.1:6379/0'",
+                context={"backend": "redis"},
+            )
+        max_pending = max_pending if max_pending is not None else options.max_pending_frames
+        if max_pending < 1 or max_connections < 3:
+            raise ValueError("max_pending must be >= 1 and max_connections >= 3")
+        self.options = options
+        self._clock: Clock = clock or SystemClock()
+        self._max_pending = max_pending
+        self._flush_timeout = flush_timeout
+        self._block_ms = block_ms
+        self._id = uuid.uuid4().hex[:16]
         self._prefix = options.key_prefix
-        self._wake_key = f"{self._prefix}:wake:{self._id}"
-        self._publish_sha = ""
-        self._end_sha = ""
-        # ---- writer state
-        self._queue: deque[_Write] = deque()
-        self._inflight: list[_Write] = []
-        self._local_ids = itertools.count(1)
-        self._enqueued = 0
-        self._written = 0
-        self._work = asyncio.Event()
-        self._progress = asyncio.Event()
-        self._last_error: BaseException | None = None
-        self._writer: asyncio.Task[None] | None = None
+        self._shards = [
+            _Shard(
+                i,
+                url,
+                self._prefix,
+                self._id,
+                max_connections=max_connections,
+                flush_timeout=flush_timeout,
+                block_ms=block_ms,
+            )
+            for i, url in enumerate(urls)
+        ]
+        self.url = ", ".join(shard.url for shard in self._shards)
+        """The server URL(s), passwords masked."""
+        self._call_ids = itertools.count(1)
+        self._pending = 0
+        self._holes: dict[str, int] = {}
+        self._refused = 0
         # ---- reader state
         self._reading: dict[str, _Reading] = {}
-        self._by_key: dict[bytes, _Reading] = {}
-        self._reader: asyncio.Task[None] | None = None
-        self._reader_idle = asyncio.Event()
-        self._reader_blocked = False
-        self._wake_cursor = "0-0"
+        # ---- leases held by this broker (execution id -> shard) and the task keeping them
+        self._leases: dict[str, _Shard] = {}
+        self._lease_ms = options.producer_lease_ms
+        self._lease_task: asyncio.Task[None] | None = None
+        self.producers_lost = 0
+        """Lost producers this broker announced."""
         # ---- last sequences known here (bounded like the executions of the memory broker)
         self._known: OrderedDict[str, int] = OrderedDict()
         self._closed = False
 
     # ------------------------------------------------------------------ keys
+    def shard_for(self, execution_id: str) -> int:
+        """Index (in ``redis_url``) of the server holding the execution."""
+        return shard_index(execution_id, len(self._shards))
+
+    def _shard(self, execution_id: str) -> _Shard:
+        shards = self._shards
+        if len(shards) == 1:
+            return shards[0]
+        return shards[shard_index(execution_id, len(shards))]
+
     def stream_key(self, execution_id: str) -> str:
-        return f"{self._prefix}:exec:{execution_id}"
+        return self._shard(execution_id).stream_key(execution_id)
 
     def meta_key(self, execution_id: str) -> str:
-        return f"{self._prefix}:exec:{execution_id}:meta"
+        return self._shard(execution_id).meta_key(execution_id)
+
+    def lease_key(self, execution_id: str) -> str:
+        return self._shard(execution_id).lease_key(execution_id)
+
+    def run_key(self, execution_id: str) -> str:
+        return self._shard(execution_id).run_key(execution_id)
+
+    @property
+    def pending(self) -> int:
+        """Frames published here and not yet in Redis."""
+        return self._pending
 
     # ------------------------------------------------------------------ contract
     def publish(
@@ -306,32 +678,53 @@ class RedisBroker(Broker):
     ) -> Frame:
         """Queue the frame for Redis and return it with ``sequence`` 0 (filled in once Redis
         assigned it; ``await flush()`` waits for that). Raises :class:`BrokerError` when the
-        broker is closed or ``max_pending`` frames already wait for Redis."""
+        broker is closed, or when ``max_pending_frames`` frames already wait for Redis (the
+        frame's place then becomes a gap; ``status`` frames are always accepted)."""
         if self._closed:
             raise BrokerError("the redis broker is closed", context={"url": self.url})
-        if len(self._queue) + len(self._inflight) >= self._max_pending:
-            raise BrokerError(
-                f"{self._max_pending} frames are waiting for Redis at {self.url}: it is too slow "
-                "or unreachable; check the server, or raise max_pending",
-                context={"url": self.url, "execution_id": execution_id},
-            )
+        op = "-"
+        if type == "status":
+            status = payload.get("status") if isinstance(payload, dict) else None
+            op = "r" if status in FINAL_STATUSES else "a"
+        elif self._pending >= self._max_pending:
+            self._refuse(execution_id)
+        shard = self._shard(execution_id)
         now = self._clock.now()
-        frame = Frame(execution_id, 0, type, now.isoformat(), payload, replayable)
-        before, _, after = encode_frame(type, execution_id, 0, frame.timestamp, payload).partition(
-            b'"sequence":0'
-        )
+        timestamp = now.isoformat()
+        frame = Frame(execution_id, 0, type, timestamp, payload, replayable)
+        encoded = encode_frame(type, execution_id, 0, timestamp, payload)
         # The first '"sequence":0' is ours: type and executionId precede it, and inside a JSON
         # string every '"' is escaped.
-        write = _Write(
-            execution_id,
-            next(self._local_ids),
-            frame,
-            before + b'"sequence":',
-            after,
-            int(now.timestamp() * 1000),
-        )
-        self._enqueue(write)
+        cut = encoded.index(b'"sequence":0') + 11
+        before, after = encoded[:cut], encoded[cut + 1 :]
+        millis = now.timestamp() * 1000.0
+        if self._holes:
+            holes = self._holes.pop(execution_id, 0)
+            if holes:
+                hole = _HEAD.pack(holes, 0, millis, _HOLE)
+                self._enqueue(shard, _Write(execution_id, None, head=hole, op="hole"))
+        head = _HEAD.pack(len(before), len(after), millis, _REPLAYABLE if replayable else 0)
+        self._enqueue(shard, _Write(execution_id, frame, before, after, head, op))
         return frame
+
+    def _refuse(self, execution_id: str) -> None:
+        holes = self._holes
+        if execution_id in holes or len(holes) < self.options.max_executions:
+            holes[execution_id] = holes.get(execution_id, 0) + 1
+        self._refused += 1
+        if self._refused == 1 or self._refused % 10_000 == 0:
+            logger.warning(
+                "%d frames wait for Redis at %s (max_pending_frames): refusing frames "
+                "(%d so far); subscribers will see a gap",
+                self._pending,
+                self.url,
+                self._refused,
+            )
+        raise BrokerError(
+            f"{self._max_pending} frames are waiting for Redis at {self.url}: it is too slow "
+            "or unreachable; check the server, or raise broker.max_pending_frames",
+            context={"url": self.url, "execution_id": execution_id},
+        )
 
     async def subscribe(
         self, execution_id: str, listener: Listener, *, last_sequence: int | None = None
@@ -340,12 +733,13 @@ class RedisBroker(Broker):
         reached."""
         if self._closed:
             raise BrokerError("the redis broker is closed", context={"url": self.url})
-        self._start_writer()
+        shard = self._shard(execution_id)
+        self._activate(shard)
         sub = _RedisSubscription(self, execution_id, listener)
         try:
-            reading = await self._reading_for(execution_id)
+            reading = await self._reading_for(execution_id, shard)
         except _NETWORK_ERRORS as exc:
-            raise self._unreachable(exc) from None
+            raise self._unreachable(shard, exc) from None
         try:
             if last_sequence is None:
                 sub.after = reading.cursor
@@ -355,7 +749,7 @@ class RedisBroker(Broker):
             reading.pending -= 1
             self._release_if_unused(execution_id)
             if isinstance(exc, _NETWORK_ERRORS):
-                raise self._unreachable(exc) from None
+                raise self._unreachable(shard, exc) from None
             raise
         reading.pending -= 1
         if sub.closed or self._closed or self._reading.get(execution_id) is not reading:
@@ -371,75 +765,182 @@ class RedisBroker(Broker):
         after they are all in Redis."""
         if self._closed:
             return
-        self._enqueue(_Write(execution_id, next(self._local_ids), None))
+        self._enqueue(self._shard(execution_id), _Write(execution_id, None, op="end"))
 
     def last_sequence(self, execution_id: str) -> int:
-        """The latest sequence *this process* knows for the execution: written by its writer or
-        delivered by its reader (0 when none). :meth:`fetch_last_sequence` asks Redis."""
-        return self._known.get(execution_id, 0)
+        """The execution's latest sequence: what this process wrote or read, else (an execution
+        this process has not seen) Redis's counter, asked synchronously — one round trip that
+        blocks the calling thread; async code should ``await fetch_last_sequence()``."""
+        known = self._known.get(execution_id)
+        if known is not None:
+            return known
+        shard = self._shard(execution_id)
+        if shard.sync_client is None:
+            shard.sync_client = sync_redis.Redis.from_url(
+                shard.raw_url, socket_timeout=2.0, socket_connect_timeout=2.0
+            )
+        try:
+            value = shard.sync_client.hget(shard.meta_key(execution_id), "seq")
+        except _NETWORK_ERRORS as exc:
+            raise self._unreachable(shard, exc) from None
+        return int(value) if value is not None else 0
 
     async def fetch_last_sequence(self, execution_id: str) -> int:
         """The execution's latest sequence according to Redis (0 when none)."""
+        shard = self._shard(execution_id)
         try:
-            value = await self._redis.hget(self.meta_key(execution_id), "seq")
+            value = await shard.client.hget(shard.meta_key(execution_id), "seq")
         except _NETWORK_ERRORS as exc:
-            raise self._unreachable(exc) from None
+            raise self._unreachable(shard, exc) from None
         return int(value) if value is not None else 0
 
-    async def ping(self) -> None:
-        """Check that Redis answers; raises :class:`BrokerError` saying what to check."""
+    # ------------------------------------------------------------------ run records
+    async def save_run(self, record: RunRecord) -> None:
+        """Keep ``record`` in the execution's ``:run`` hash, expiring with its stream."""
+        execution_id = record.execution_id
+        shard = self._shard(execution_id)
+        fields: list[Any] = ["status", record.status, "updated", record.updated or ""]
+        if record.workflow is not None:
+            fields += ["workflow", record.workflow]
+        if record.result is not None:
+            fields += ["result", orjson.dumps(record.result)]
+        if record.error is not None:
+            fields += ["error", orjson.dumps(record.error)]
+        options = self.options
+        fallback = (
+            options.retention_after_end_ms
+            if record.status in FINAL_STATUSES
+            else options.replay_max_age_ms
+        )
         try:
-            await self._redis.ping()
+            await shard.evalsha(
+                "save_run",
+                [shard.run_key(execution_id), shard.stream_key(execution_id)],
+                [fallback, *fields],
+            )
         except _NETWORK_ERRORS as exc:
-            raise self._unreachable(exc) from None
-        except RedisError as exc:
-            raise BrokerError(
-                f"Redis at {self.url} refused PING ({exc}); check the password and ACL user in "
-                "broker.redis_url",
-                context={"url": self.url},
-            ) from None
+            raise self._unreachable(shard, exc) from None
+
+    async def load_run(self, execution_id: str) -> RunRecord | None:
+        """The execution's :class:`RunRecord` from Redis, or None."""
+        shard = self._shard(execution_id)
+        try:
+            raw: dict[Any, Any] = await shard.client.hgetall(shard.run_key(execution_id))
+        except _NETWORK_ERRORS as exc:
+            raise self._unreachable(shard, exc) from None
+        if not raw:
+            return None
+        workflow = raw.get(b"workflow")
+        result = raw.get(b"result")
+        error = raw.get(b"error")
+        return RunRecord(
+            execution_id=execution_id,
+            status=raw.get(b"status", b"").decode(),
+            workflow=workflow.decode() if workflow is not None else None,
+            result=orjson.loads(result) if result is not None else None,
+            error=orjson.loads(error) if error is not None else None,
+            updated=raw.get(b"updated", b"").decode(),
+        )
+
+    # ------------------------------------------------------------------ health
+    async def ping(self) -> None:
+        """Check that every Redis server answers; raises :class:`BrokerError` saying what to
+        check."""
+        for shard in self._shards:
+            try:
+                await shard.client.ping()
+            except _NETWORK_ERRORS as exc:
+                raise self._unreachable(shard, exc) from None
+            except RedisError as exc:
+                raise BrokerError(
+                    f"Redis at {shard.url} refused PING ({exc}); check the password and ACL user "
+                    "in broker.redis_url",
+                    context={"url": shard.url},
+                ) from None
+        for shard in self._shards:
+            self._activate(shard)
+
+    async def health(self) -> dict[str, Any]:
+        """The broker's state for ``GET /health``: ``backend``, ``status`` (``ok``, or
+        ``degraded`` when a server does not answer its PING within :data:`HEALTH_TIMEOUT`
+        seconds — its executions then wait or fail, the others are unaffected), ``pending``,
+        ``maxPending``, ``producersLost`` and per server ``url`` (masked), ``status``,
+        ``latencyMs`` or ``error``, and ``pending``."""
+
+        async def one(shard: _Shard) -> dict[str, Any]:
+            out: dict[str, Any] = {
+                "url": shard.url,
+                "pending": len(shard.queue) + shard.inflight_writes,
+            }
+            started = time.perf_counter()
+            try:
+                await asyncio.wait_for(shard.client.ping(), HEALTH_TIMEOUT)
+            except (TimeoutError, *_NETWORK_ERRORS, RedisError) as exc:
+                out["status"] = "unreachable"
+                out["error"] = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                return out
+            out["status"] = "ok"
+            out["latencyMs"] = round((time.perf_counter() - started) * 1000, 2)
+            if shard.last_error is not None:
+                out["status"] = "recovering"
+            return out
+
+        servers = await asyncio.gather(*(one(shard) for shard in self._shards))
+        ok = all(server["status"] == "ok" for server in servers)
+        return {
+            "backend": "redis",
+            "status": "ok" if ok else "degraded",
+            "pending": self._pending,
+            "maxPending": self._max_pending,
+            "producersLost": self.producers_lost,
+            "servers": servers,
+        }
 
     async def flush(self) -> None:
         """Return once every frame published before the call is in Redis with its sequence.
         Raises :class:`BrokerError` after ``flush_timeout`` seconds of failing to reach Redis."""
-        target = self._enqueued
-        if self._written >= target:
+        targets = [(s, s.enqueued) for s in self._shards if s.written < s.enqueued]
+        if not targets:
             return
-        self._start_writer()
         loop = asyncio.get_running_loop()
-        failing_since: float | None = None
-        while self._written < target:
-            if self._closed:
-                raise BrokerError(
-                    "the redis broker closed before its frames reached Redis",
-                    context={"url": self.url},
-                )
-            if self._last_error is not None:
-                failing_since = failing_since if failing_since is not None else loop.time()
-                if loop.time() - failing_since >= self._flush_timeout:
-                    raise self._unreachable(self._last_error)
-            else:
-                failing_since = None
-            progress = self._progress
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(progress.wait(), 0.25)
+        for shard, target in targets:
+            self._activate(shard)
+            failing_since: float | None = None
+            while shard.written < target:
+                if self._closed:
+                    raise BrokerError(
+                        "the redis broker closed before its frames reached Redis",
+                        context={"url": shard.url},
+                    )
+                if shard.last_error is not None:
+                    failing_since = failing_since if failing_since is not None else loop.time()
+                    if loop.time() - failing_since >= self._flush_timeout:
+                        raise self._unreachable(shard, shard.last_error)
+                else:
+                    failing_since = None
+                progress = shard.progress
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(progress.wait(), 0.25)
 
     async def aclose(self) -> None:
         """Write what is queued (for at most ``flush_timeout`` seconds), then cancel and await
-        the writer and reader, drop subscriptions and close the connection pool."""
+        the writers, readers and the lease task, drop subscriptions and close the connection
+        pools. Leases still held are left to expire (the runs stop with this process)."""
         if self._closed:
             return
-        if self._written < self._enqueued:
+        if self._pending:
             try:
                 await asyncio.wait_for(self.flush(), self._flush_timeout)
             except (BrokerError, TimeoutError):
                 logger.warning(
                     "closing the redis broker with %d frames not written to %s",
-                    self._enqueued - self._written,
+                    self._pending,
                     self.url,
                 )
         self._closed = True
-        tasks = [t for t in (self._writer, self._reader) if t is not None]
+        tasks = [self._lease_task] if self._lease_task is not None else []
+        for shard in self._shards:
+            tasks += [t for t in (shard.writer, shard.reader) if t is not None]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -450,7 +951,7 @@ class RedisBroker(Broker):
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._writer = self._reader = None
+        self._lease_task = None
         for reading in self._reading.values():
             for sub in reading.listeners:
                 sub._closed = True
@@ -458,126 +959,257 @@ class RedisBroker(Broker):
             if reading.ready is not None and not reading.ready.done():
                 reading.ready.cancel()
         self._reading.clear()
-        self._by_key.clear()
-        self._queue.clear()
-        self._inflight.clear()
         self._known.clear()
-        self._progress.set()
-        await self._redis.aclose(close_connection_pool=True)
+        self._leases.clear()
+        self._holes.clear()
+        self._pending = 0
+        for shard in self._shards:
+            shard.writer = shard.reader = None
+            shard.by_key.clear()
+            shard.queue.clear()
+            shard.inflight = None
+            shard.signal_progress()
+            await shard.client.aclose(close_connection_pool=True)
+            if shard.sync_client is not None:
+                shard.sync_client.close()
 
     # ------------------------------------------------------------------ writer
-    def _enqueue(self, write: _Write) -> None:
-        self._queue.append(write)
-        self._enqueued += 1
-        self._work.set()
-        self._start_writer()
+    def _enqueue(self, shard: _Shard, write: _Write) -> None:
+        shard.queue.append(write)
+        shard.enqueued += 1
+        if write.frame is not None:
+            self._pending += 1
+        shard.work.set()
+        if shard.writer is None:
+            self._activate(shard)
 
-    def _start_writer(self) -> None:
-        if self._writer is not None or self._closed:
+    def _activate(self, shard: _Shard) -> None:
+        """Start the shard's writer and the lease task (once a loop runs)."""
+        if self._closed or (shard.writer is not None and self._lease_task is not None):
             return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return  # published outside a loop: written once a loop runs flush/subscribe/publish
-        self._writer = loop.create_task(self._write_loop(), name="redis-broker-writer")
+        if shard.writer is None:
+            shard.writer = loop.create_task(
+                self._write_loop(shard), name=f"redis-broker-writer-{shard.index}"
+            )
+        if self._lease_task is None:
+            self._lease_task = loop.create_task(self._lease_loop(), name="redis-broker-leases")
 
-    async def _write_loop(self) -> None:
+    def _prepare(self, shard: _Shard) -> list[_Call]:
+        """Take up to :data:`WRITE_BATCH` writes off the queue as script calls: one per
+        execution (split at an end), in queue order per execution."""
+        queue = shard.queue
+        take = min(WRITE_BATCH, len(queue))
+        calls: list[_Call] = []
+        open_calls: dict[str, _Call] = {}
+        frames = 0
+        for _ in range(take):
+            write = queue.popleft()
+            execution_id = write.execution_id
+            if write.op == "end":
+                call = open_calls.pop(execution_id, None)
+                if call is not None:
+                    calls.append(call)
+                calls.append(_Call(execution_id, next(self._call_ids), is_end=True))
+                continue
+            call = open_calls.get(execution_id)
+            if call is None:
+                call = open_calls[execution_id] = _Call(execution_id, next(self._call_ids))
+            call.writes.append(write)
+            if write.frame is not None:
+                frames += 1
+        calls.extend(open_calls.values())
+        for call in calls:
+            if not call.is_end:
+                call.seal()
+        shard.inflight_writes = frames
+        return calls
+
+    async def _write_loop(self, shard: _Shard) -> None:
         backoff = BACKOFF_MIN
         while True:
-            if not self._inflight:
-                if not self._queue:
-                    self._work.clear()
-                    await self._work.wait()
+            if shard.inflight is None:
+                if not shard.queue:
+                    shard.work.clear()
+                    await shard.work.wait()
                     continue
-                take = min(WRITE_BATCH, len(self._queue))
-                self._inflight = [self._queue.popleft() for _ in range(take)]
+                shard.inflight = self._prepare(shard)
+                await self._wait_for_lagging_readers(shard, shard.inflight)
+            calls = shard.inflight
             try:
-                results = await self._write(self._inflight)
+                results = await self._write(shard, calls)
             except _NETWORK_ERRORS as exc:
-                if self._last_error is None:
+                if shard.last_error is None:
                     logger.warning(
                         "lost Redis at %s while writing (%s); retrying with backoff, "
                         "%d frames waiting",
-                        self.url,
+                        shard.url,
                         exc,
-                        len(self._queue) + len(self._inflight),
+                        len(shard.queue) + shard.inflight_writes,
                     )
-                self._last_error = exc
-                self._signal_progress()
+                shard.last_error = exc
+                shard.signal_progress()
                 await asyncio.sleep(backoff * (0.5 + random.random() / 2))
                 backoff = min(backoff * 2, BACKOFF_MAX)
                 continue
             except NoScriptError:
-                self._publish_sha = ""  # Redis restarted or SCRIPT FLUSH: load and retry
+                shard.scripts_loaded = False  # Redis restarted or SCRIPT FLUSH: load and retry
                 continue
             except RedisError as exc:
-                logger.error("Redis at %s rejected a write (%s); retrying", self.url, exc)
-                self._last_error = exc
-                self._signal_progress()
+                logger.error("Redis at %s rejected a write (%s); retrying", shard.url, exc)
+                shard.last_error = exc
+                shard.signal_progress()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
                 continue
-            if self._last_error is not None:
-                logger.info("Redis at %s is back; writing queued frames", self.url)
-            self._last_error = None
+            if shard.last_error is not None:
+                logger.info("Redis at %s is back; writing queued frames", shard.url)
+            shard.last_error = None
             backoff = BACKOFF_MIN
-            for write, result in zip(self._inflight, results, strict=True):
-                if write.frame is None:
-                    continue
-                if isinstance(result, Exception):
-                    logger.error("Redis at %s rejected frame %r: %s", self.url, write.frame, result)
-                    continue
-                sequence = int(result)
-                if sequence:
-                    write.frame.sequence = sequence
-                    self._remember(write.execution_id, sequence)
-            self._written += len(self._inflight)
-            self._inflight = []
-            self._signal_progress()
+            self._complete(shard, calls, results)
+            written = sum(len(call.writes) + call.is_end for call in calls)
+            self._pending -= shard.inflight_writes
+            shard.inflight = None
+            shard.inflight_writes = 0
+            shard.written += written
+            shard.signal_progress()
 
-    async def _write(self, batch: list[_Write]) -> list[Any]:
-        if not self._publish_sha:
-            self._publish_sha = await self._redis.script_load(_PUBLISH_LUA)
-            self._end_sha = await self._redis.script_load(_END_LUA)
+    async def _write(self, shard: _Shard, calls: list[_Call]) -> list[Any]:
+        """One pipeline: the script calls, then the lease registry updates. Returns the calls'
+        results."""
+        if not shard.scripts_loaded:
+            await shard.load_scripts()
         options = self.options
         maxlen = options.replay_max_frames
         idle = options.replay_max_age_ms
         ended = options.retention_after_end_ms
         tomb = options.replay_max_age_ms
-        pipe = self._redis.pipeline(transaction=False)
-        for write in batch:
-            stream, meta = self.stream_key(write.execution_id), self.meta_key(write.execution_id)
-            frame = write.frame
-            if frame is None:
-                pipe.evalsha(self._end_sha, 2, stream, meta, ended, tomb)
-            else:
-                pipe.evalsha(
-                    self._publish_sha,
-                    2,
-                    stream,
-                    meta,
-                    self._id,
-                    write.local_id,
-                    write.before,
-                    write.after,
-                    "1" if frame.replayable else "0",
-                    maxlen,
-                    idle,
-                    ended,
-                    tomb,
-                    write.millis,
-                )
+        lease = self._lease_ms
+        writer = self._id
+        known = self._known
+        append_sha, end_sha = _SHA["append"], _SHA["end"]
+        registry: list[tuple[str, str]] = []
+        pipe = shard.client.pipeline(transaction=False)
+        for call in calls:
+            execution_id = call.execution_id
+            stream, meta = shard.stream_key(execution_id), shard.meta_key(execution_id)
+            if call.is_end:
+                pipe.evalsha(end_sha, 3, stream, meta, shard.run_key(execution_id), ended, tomb)
+                continue
+            pipe.evalsha(
+                append_sha,
+                4,
+                stream,
+                meta,
+                shard.lease_key(execution_id),
+                shard.run_key(execution_id),
+                writer,
+                call.call_id,
+                call.count,
+                len(call.writes),
+                call.heads,
+                call.data,
+                maxlen,
+                idle,
+                ended,
+                tomb,
+                known.get(execution_id, 0),
+                call.op,
+                lease,
+                "",
+                "",
+            )
+            if call.op != "-":
+                registry.append((call.op, execution_id))
+        if registry:
+            due = int(time.time() * 1000) + lease
+            for op, execution_id in registry:
+                if op == "a":
+                    pipe.zadd(shard.leases_key, {execution_id: due})
+                else:
+                    pipe.zrem(shard.leases_key, execution_id)
         results: list[Any] = await pipe.execute(raise_on_error=False)
         for result in results:
-            if isinstance(result, NoScriptError):
+            if isinstance(result, (NoScriptError, *_NETWORK_ERRORS)):
                 raise result
-            if isinstance(result, _NETWORK_ERRORS):
-                raise result
-        return results
+        return results[: len(calls)]
 
-    def _signal_progress(self) -> None:
-        progress, self._progress = self._progress, asyncio.Event()
-        progress.set()
+    def _complete(self, shard: _Shard, calls: list[_Call], results: list[Any]) -> None:
+        """Fill in the sequences Redis assigned, deliver the frames to this process's
+        subscribers when they directly follow what those already have, and track leases."""
+        for call, result in zip(calls, results, strict=True):
+            if call.is_end:
+                continue
+            execution_id = call.execution_id
+            if isinstance(result, Exception):
+                logger.error(
+                    "Redis at %s rejected %d frames of execution %r: %s",
+                    shard.url,
+                    len(call.writes),
+                    execution_id,
+                    result,
+                )
+                continue
+            first = int(result)
+            if first <= 0:
+                continue
+            sequence = first - 1
+            for write in call.writes:
+                frame = write.frame
+                if frame is None:  # a hole
+                    sequence += _HEAD.unpack(write.head)[0]
+                    continue
+                sequence += 1
+                frame.sequence = sequence
+                frame._encoded = b"%s%d%s" % (write.before, sequence, write.after)
+                frame._ws_frame = None
+            self._remember(execution_id, sequence)
+            if call.op == "a":
+                self._leases[execution_id] = shard
+            elif call.op == "r":
+                self._leases.pop(execution_id, None)
+            reading = self._reading.get(execution_id)
+            if (
+                reading is not None
+                and reading.ready is None
+                and first - 1 <= reading.cursor < sequence
+            ):
+                self._deliver_written(reading, call.writes)
+
+    def _deliver_written(self, reading: _Reading, writes: list[_Write]) -> None:
+        for write in writes:
+            frame = write.frame
+            if frame is not None and frame.sequence > reading.cursor:
+                self._fan_out(reading, frame.sequence, frame)
+
+    async def _wait_for_lagging_readers(self, shard: _Shard, calls: list[_Call]) -> None:
+        """Hold the batch back (at most :data:`READER_LAG_WAIT`) while this process's reader of
+        one of its executions lags by more than half the log: written now, its next frames
+        could be trimmed before it reads them."""
+        limit = max(1, self.options.replay_max_frames // 2)
+        deadline: float | None = None
+        loop = asyncio.get_running_loop()
+        while True:
+            lagging = False
+            for call in calls:
+                reading = self._reading.get(call.execution_id)
+                if reading is None or reading.ready is not None or not reading.listeners:
+                    continue
+                if self._known.get(call.execution_id, 0) + call.count - reading.cursor > limit:
+                    lagging = True
+                    break
+            if not lagging or shard.reader_error is not None:
+                return
+            deadline = deadline if deadline is not None else loop.time() + READER_LAG_WAIT
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            progress = shard.reader_progress
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(progress.wait(), remaining)
 
     def _remember(self, execution_id: str, sequence: int) -> None:
         known = self._known
@@ -588,7 +1220,7 @@ class RedisBroker(Broker):
                 known.popitem(last=False)
 
     # ------------------------------------------------------------------ reader
-    async def _reading_for(self, execution_id: str) -> _Reading:
+    async def _reading_for(self, execution_id: str, shard: _Shard) -> _Reading:
         """The execution's live read (``pending`` counts the caller in), started from its
         current last sequence if new."""
         reading = self._reading.get(execution_id)
@@ -601,12 +1233,12 @@ class RedisBroker(Broker):
                     reading.pending -= 1
                     raise
             return reading
-        reading = _Reading(execution_id, self.stream_key(execution_id))
+        reading = _Reading(execution_id, shard)
         reading.pending = 1
         ready = reading.ready = asyncio.get_running_loop().create_future()
         self._reading[execution_id] = reading
         try:
-            value = await self._redis.hget(self.meta_key(execution_id), "seq")
+            value = await shard.client.hget(shard.meta_key(execution_id), "seq")
         except BaseException as exc:
             if self._reading.get(execution_id) is reading:
                 del self._reading[execution_id]
@@ -619,157 +1251,334 @@ class RedisBroker(Broker):
         reading.cursor = int(value) if value is not None else 0
         reading.ready = None
         ready.set_result(None)
-        self._by_key[reading.key.encode()] = reading
-        await self._wake_reader()
+        shard.by_key[reading.key] = reading
+        await self._wake_reader(shard)
         return reading
 
-    async def _wake_reader(self) -> None:
-        if self._reader is None or self._reader.done():
+    async def _wake_reader(self, shard: _Shard) -> None:
+        if shard.reader is None or shard.reader.done():
             if not self._closed:
-                self._reader = asyncio.get_running_loop().create_task(
-                    self._read_loop(), name="redis-broker-reader"
+                shard.reader = asyncio.get_running_loop().create_task(
+                    self._read_loop(shard), name=f"redis-broker-reader-{shard.index}"
                 )
             return
-        self._reader_idle.set()
-        if self._reader_blocked:
-            pipe = self._redis.pipeline(transaction=False)
-            pipe.xadd(self._wake_key, {"w": "1"}, maxlen=1)
-            pipe.pexpire(self._wake_key, 60_000)
+        shard.reader_idle.set()
+        if shard.reader_blocked:
+            pipe = shard.client.pipeline(transaction=False)
+            pipe.xadd(shard.wake_key, {"w": "1"}, maxlen=1)
+            pipe.pexpire(shard.wake_key, 60_000)
             try:
                 await pipe.execute()
             except RedisError as exc:
                 # Not fatal: the reader picks the execution up when its XREAD times out.
                 logger.debug("could not wake the reader (%s)", exc)
 
-    async def _read_loop(self) -> None:
+    async def _read_loop(self, shard: _Shard) -> None:
         backoff = BACKOFF_MIN
-        failing = False
+        wake_key = shard.wake_key.encode()
         while True:
-            if not self._by_key:
-                self._reader_idle.clear()
-                await self._reader_idle.wait()
+            if not shard.by_key:
+                shard.reader_idle.clear()
+                await shard.reader_idle.wait()
                 continue
-            streams: dict[Any, Any] = {
-                key: f"{reading.cursor}-0" for key, reading in self._by_key.items()
-            }
-            streams[self._wake_key] = self._wake_cursor
-            self._reader_blocked = True
+            keys = list(shard.by_key)
+            ids = [b"%d-0" % shard.by_key[key].cursor for key in keys]
+            shard.reader_blocked = True
             try:
-                response: Any = await self._redis.xread(
-                    streams, count=READ_COUNT, block=self._block_ms
+                response: Any = await _command(
+                    shard.client,
+                    "XREAD",
+                    "COUNT",
+                    READ_COUNT,
+                    "BLOCK",
+                    self._block_ms,
+                    "STREAMS",
+                    *keys,
+                    wake_key,
+                    *ids,
+                    shard.wake_cursor,
                 )
             except (*_NETWORK_ERRORS, RedisError) as exc:
-                if not failing:
+                if shard.reader_error is None:
                     logger.warning(
-                        "lost Redis at %s while reading (%s); retrying with backoff", self.url, exc
+                        "lost Redis at %s while reading (%s); retrying with backoff",
+                        shard.url,
+                        exc,
                     )
-                    failing = True
+                shard.reader_error = exc
+                shard.signal_reader_progress()
                 await asyncio.sleep(backoff * (0.5 + random.random() / 2))
                 backoff = min(backoff * 2, BACKOFF_MAX)
                 continue
             finally:
-                self._reader_blocked = False
-            if failing:
-                logger.info("Redis at %s is back; reading again", self.url)
-                failing = False
+                shard.reader_blocked = False
+            if shard.reader_error is not None:
+                logger.info("Redis at %s is back; reading again", shard.url)
+                shard.reader_error = None
+                await self._restore_floors(shard)
             backoff = BACKOFF_MIN
-            for key, entries in response or ():
-                reading = self._by_key.get(key)
+            for key, entries in _streams(response):
+                reading = shard.by_key.get(key)
                 if reading is None:
-                    if entries and key == self._wake_key.encode():
-                        self._wake_cursor = entries[-1][0].decode()
+                    if entries and key == wake_key:
+                        shard.wake_cursor = entries[-1][0].decode()
                     continue
                 self._deliver(reading, entries)
+            shard.signal_reader_progress()
+
+    async def _restore_floors(self, shard: _Shard) -> None:
+        """After an outage: Redis may have restarted without its data. Raise each read
+        execution's counter back to what this process delivered, so new frames are numbered
+        after it (and never hidden below a subscriber's position)."""
+        readings = [r for r in shard.by_key.values() if r.cursor]
+        if not readings:
+            return
+        ttl = self.options.replay_max_age_ms * 2
+        try:
+            for reading in readings:
+                restored = await shard.evalsha(
+                    "floor", [shard.meta_key(reading.execution_id)], [reading.cursor, ttl]
+                )
+                if restored:
+                    logger.warning(
+                        "Redis at %s had lost execution %r's numbering (restarted without "
+                        "persistence?); it continues after %d",
+                        shard.url,
+                        reading.execution_id,
+                        reading.cursor,
+                    )
+        except (*_NETWORK_ERRORS, RedisError) as exc:
+            logger.debug("could not restore numbering floors (%s)", exc)
 
     def _deliver(self, reading: _Reading, entries: list[Any]) -> None:
+        if not entries or _sequence(entries[-1][0]) <= reading.cursor:
+            return  # all delivered already (our own frames, handed over by the writer)
         execution_id = reading.execution_id
         for entry_id, fields in entries:
             sequence = _sequence(entry_id)
             if sequence <= reading.cursor:
                 continue
-            reading.cursor = sequence
-            frame = self._frame(execution_id, sequence, fields)
-            for sub in reading.listeners:
-                if sequence <= sub.after:
-                    continue
-                try:
-                    sub.listener(frame)
-                except Exception:
-                    logger.exception(
-                        "a subscriber of execution %r failed on %r", execution_id, frame
-                    )
-        if reading.cursor:
-            self._remember(execution_id, reading.cursor)
+            frame = _StoredFrame(execution_id, sequence, fields[1], len(fields) < 6)
+            self._fan_out(reading, sequence, frame)
+        self._remember(execution_id, reading.cursor)
 
-    @staticmethod
-    def _frame(execution_id: str, sequence: int, fields: dict[bytes, bytes]) -> Frame:
-        data = fields[b"f"]
-        decoded = orjson.loads(data)
-        frame = Frame(
-            execution_id,
-            sequence,
-            decoded["type"],
-            decoded["timestamp"],
-            decoded["payload"],
-            fields.get(b"r") != b"0",
-        )
-        frame._encoded = data  # the exact bytes every process sends
-        return frame
+    def _fan_out(self, reading: _Reading, sequence: int, frame: Frame) -> None:
+        """Deliver the frame after ``reading.cursor`` to the listeners — preceded by a ``gap``
+        when the sequences in between are gone — and move the cursor."""
+        cursor = reading.cursor
+        reading.cursor = sequence
+        for sub in reading.listeners:
+            if sequence <= sub.after:
+                continue
+            try:
+                start = max(cursor, sub.after) + 1
+                if start < sequence:
+                    sub.listener(self._gap(reading.execution_id, start, sequence - 1))
+                sub.listener(frame)
+            except Exception:
+                logger.exception(
+                    "a subscriber of execution %r failed on %r", reading.execution_id, frame
+                )
+
+    def _gap(self, execution_id: str, first: int, last: int) -> Frame:
+        now = self._clock.now().isoformat()
+        return Frame(execution_id, last, GAP, now, {"from": first, "to": last}, replayable=False)
 
     # ------------------------------------------------------------------ replay
     async def _replay(self, reading: _Reading, sub: _RedisSubscription, after: int) -> None:
-        """Deliver the retained frames after ``after`` (gap first), then catch up with the
-        reader; returns with ``sub.after`` at or past ``reading.cursor``."""
+        """Deliver the retained frames after ``after`` (a gap for every hole), then catch up
+        with the reader; returns with ``sub.after`` at or past ``reading.cursor``."""
         execution_id = reading.execution_id
+        shard = reading.shard
         key = reading.key
         cutoff = self._clock.now().timestamp() * 1000 - self.options.replay_max_age_ms
         listener = sub.listener
-        position = after
-        missing = 0  # the highest sequence the log no longer holds (trimmed or too old)
-        gap_sent = False
-
-        def send_gap() -> None:
-            nonlocal gap_sent
-            gap_sent = True
-            if missing > after:
-                gap = {"from": after + 1, "to": missing}
-                now = self._clock.now().isoformat()
-                listener(Frame(execution_id, missing, GAP, now, gap, replayable=False))
-
+        position = after  # the last sequence accounted for (delivered, skipped or announced)
+        fresh = False  # past the frames too old to replay
         while True:
-            entries: Any = await self._redis.xrange(key, f"({position}-0", "+", count=REPLAY_PAGE)
-            if position == after:  # first page
-                if entries:
-                    missing = _sequence(entries[0][0]) - 1
-                else:  # nothing retained: the numbering tells what was lost
-                    value = await self._redis.hget(self.meta_key(execution_id), "seq")
-                    missing = int(value) if value is not None else 0
-            for entry_id, fields in entries:
-                sequence = position = _sequence(entry_id)
-                if not gap_sent:
-                    if int(fields.get(b"t", b"0")) < cutoff:
-                        missing = sequence
-                        continue
-                    send_gap()
-                if fields.get(b"r") == b"0" or sub.closed:
-                    continue
-                listener(self._frame(execution_id, sequence, fields))
-            if len(entries) < REPLAY_PAGE:
+            entries: Any = await _command(
+                shard.client,
+                "XRANGE",
+                key,
+                b"(%d-0" % position if position else b"-",
+                b"+",
+                "COUNT",
+                REPLAY_PAGE,
+            )
+            if not entries and position == after:
+                # Nothing retained: the counter tells what was lost.
+                value = await shard.client.hget(shard.meta_key(execution_id), "seq")
+                missing = int(value) if value is not None else 0
+                if missing > position:
+                    listener(self._gap(execution_id, position + 1, missing))
+                    position = missing
                 break
-        if not gap_sent:
-            send_gap()
+            for entry_id, fields in entries:
+                sequence = _sequence(entry_id)
+                if sequence <= position:
+                    continue
+                if not fresh:
+                    if int(fields[3]) < cutoff:
+                        continue  # too old: part of the gap announced before the next frame
+                    fresh = True
+                if sequence > position + 1:
+                    listener(self._gap(execution_id, position + 1, sequence - 1))
+                position = sequence
+                if len(fields) < 6 and not sub.closed:
+                    listener(_StoredFrame(execution_id, sequence, fields[1], True))
+            if len(entries) < REPLAY_PAGE:
+                if entries and not fresh:  # everything retained was too old
+                    last = _sequence(entries[-1][0])
+                    if last > position:
+                        listener(self._gap(execution_id, position + 1, last))
+                        position = last
+                break
+            if not fresh:  # a full page of old frames: continue after it
+                last = _sequence(entries[-1][0])
+                if last > position:
+                    listener(self._gap(execution_id, position + 1, last))
+                    position = last
         sub.after = max(position, after)
         # Catch up with what the reader delivered meanwhile (live frames, non-replayable too).
         while sub.after < reading.cursor and not sub.closed:
-            live: Any = await self._redis.xrange(
-                key, f"({sub.after}-0", f"{reading.cursor}-0", count=REPLAY_PAGE
+            live: Any = await _command(
+                shard.client,
+                "XRANGE",
+                key,
+                b"(%d-0" % sub.after,
+                b"%d-0" % reading.cursor,
+                "COUNT",
+                REPLAY_PAGE,
             )
             if not live:
+                if reading.cursor > sub.after:
+                    listener(self._gap(execution_id, sub.after + 1, reading.cursor))
                 sub.after = reading.cursor
                 break
             for entry_id, fields in live:
-                sequence = sub.after = _sequence(entry_id)
-                listener(self._frame(execution_id, sequence, fields))
+                sequence = _sequence(entry_id)
+                if sequence <= sub.after:
+                    continue
+                if sequence > sub.after + 1:
+                    listener(self._gap(execution_id, sub.after + 1, sequence - 1))
+                sub.after = sequence
+                listener(_StoredFrame(execution_id, sequence, fields[1], len(fields) < 6))
+
+    # ------------------------------------------------------------------ leases
+    async def _lease_loop(self) -> None:
+        """Every third of the lease: renew the leases held here, and look for runs whose
+        producer stopped renewing."""
+        interval = self._lease_ms / 3000
+        while True:
+            await asyncio.sleep(interval * (0.8 + random.random() * 0.4))
+            for shard in self._shards:
+                try:
+                    await self._renew(shard)
+                    await self._reap(shard)
+                except (*_NETWORK_ERRORS, RedisError) as exc:
+                    logger.debug("lease upkeep on %s failed (%s)", shard.url, exc)
+
+    async def _renew(self, shard: _Shard) -> None:
+        held = [e for e, s in self._leases.items() if s is shard]
+        if not held:
+            return
+        if not shard.scripts_loaded:
+            await shard.load_scripts()
+        due = int(time.time() * 1000) + self._lease_ms
+        pipe = shard.client.pipeline(transaction=False)
+        for execution_id in held:
+            pipe.evalsha(
+                _SHA["renew"],
+                2,
+                shard.lease_key(execution_id),
+                shard.meta_key(execution_id),
+                self._id,
+                self._lease_ms,
+            )
+        pipe.zadd(shard.leases_key, dict.fromkeys(held, due))
+        results = await pipe.execute(raise_on_error=False)
+        for execution_id, result in zip(held, results, strict=False):
+            if isinstance(result, NoScriptError):
+                shard.scripts_loaded = False
+                return
+            if result == 0 and self._leases.get(execution_id) is shard:
+                del self._leases[execution_id]
+                logger.warning(
+                    "lost the lease on execution %r (this process stalled or could not reach "
+                    "Redis for over %d ms); it may have been announced as producer_lost",
+                    execution_id,
+                    self._lease_ms,
+                )
+
+    async def _reap(self, shard: _Shard) -> None:
+        now = int(time.time() * 1000)
+        candidates = await shard.client.zrangebyscore(
+            shard.leases_key, "-inf", now, start=0, num=LEASE_SCAN
+        )
+        for raw in candidates:
+            execution_id = raw.decode() if isinstance(raw, bytes) else str(raw)
+            if self._leases.get(execution_id) is shard:
+                continue  # ours, and renewed
+            await self._claim(shard, execution_id)
+
+    async def _claim(self, shard: _Shard, execution_id: str) -> None:
+        """Announce the execution's producer as lost, unless its lease is alive or a final
+        status was written (the script decides, atomically)."""
+        now = self._clock.now()
+        timestamp = now.isoformat()
+        error = {
+            "code": PRODUCER_LOST,
+            "message": "the process running this execution stopped (its lease expired "
+            "without a final status)",
+        }
+        payload = {"status": "failed", "error": error}
+        encoded = encode_frame("status", execution_id, 0, timestamp, payload)
+        cut = encoded.index(b'"sequence":0') + 11
+        before, after = encoded[:cut], encoded[cut + 1 :]
+        head = _HEAD.pack(len(before), len(after), now.timestamp() * 1000.0, _REPLAYABLE)
+        options = self.options
+        result = await shard.evalsha(
+            "append",
+            [
+                shard.stream_key(execution_id),
+                shard.meta_key(execution_id),
+                shard.lease_key(execution_id),
+                shard.run_key(execution_id),
+            ],
+            [
+                self._id,
+                0,
+                1,
+                1,
+                head,
+                before + after,
+                options.replay_max_frames,
+                options.replay_max_age_ms,
+                options.retention_after_end_ms,
+                options.replay_max_age_ms,
+                self._known.get(execution_id, 0),
+                "c",
+                self._lease_ms,
+                orjson.dumps(error),
+                timestamp,
+            ],
+        )
+        result = int(result)
+        if result < 0:  # still alive: look again when it is due
+            await shard.client.zadd(
+                shard.leases_key, {execution_id: int(time.time() * 1000) - result}, xx=True
+            )
+            return
+        await shard.client.zrem(shard.leases_key, execution_id)
+        if result > 0:
+            self.producers_lost += 1
+            self._remember(execution_id, result)
+            logger.warning(
+                "execution %r: its producer's lease expired without a final status; "
+                "published status failed (producer_lost) as sequence %d",
+                execution_id,
+                result,
+            )
 
     # ------------------------------------------------------------------ bookkeeping
     def _remove(self, sub: _RedisSubscription) -> None:
@@ -782,15 +1591,15 @@ class RedisBroker(Broker):
         reading = self._reading.get(execution_id)
         if reading is not None and not reading.listeners and not reading.pending:
             del self._reading[execution_id]
-            self._by_key.pop(reading.key.encode(), None)
+            reading.shard.by_key.pop(reading.key, None)
 
-    def _unreachable(self, exc: BaseException) -> BrokerError:
+    def _unreachable(self, shard: _Shard, exc: BaseException) -> BrokerError:
         return BrokerError(
-            f"cannot reach Redis at {self.url} ({type(exc).__name__}: {exc}); check that "
+            f"cannot reach Redis at {shard.url} ({type(exc).__name__}: {exc}); check that "
             "redis-server is running and reachable from this host (host, port, firewall, TLS "
             "for rediss://) and that broker.redis_url has the right password and db",
-            context={"url": self.url},
+            context={"url": shard.url},
         )
 
 
-__all__ = ["RedisBroker", "mask_url"]
+__all__ = ["PRODUCER_LOST", "RedisBroker", "mask_url", "shard_index"]
