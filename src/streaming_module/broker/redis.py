@@ -155,9 +155,9 @@ PRODUCER_LOST = "producer_lost"
 _NETWORK_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
 # Per frame in a script call: length of the JSON before the sequence, length after it, publish
-# time (epoch ms), kind. Kind HOLE: sequences given up (refused frames); the first length is
-# how many.
-_HEAD = struct.Struct(">IIdB")
+# time (epoch ms, 13 ASCII digits), kind. Kind HOLE: sequences given up (refused frames); the
+# first length is how many.
+_HEAD = struct.Struct(">II13sB")
 _NOT_REPLAYABLE, _REPLAYABLE, _HOLE = 0, 1, 2
 
 # KEYS: stream, meta, lease, run.
@@ -206,7 +206,7 @@ local heads, data = ARGV[5], ARGV[6]
 local hp, dp = 1, 1
 for _ = 1, tonumber(ARGV[4]) do
   local lb, la, t, kind
-  lb, la, t, kind, hp = struct.unpack('>IIdB', heads, hp)
+  lb, la, t, kind, hp = struct.unpack('>IIc13B', heads, hp)
   if kind == 2 then
     seq = seq + lb
   else
@@ -215,9 +215,9 @@ for _ = 1, tonumber(ARGV[4]) do
     local f = string.sub(data, dp, dp + lb - 1) .. s .. string.sub(data, dp + lb, dp + lb + la - 1)
     dp = dp + lb + la
     if kind == 1 then
-      redis.call('XADD', KEYS[1], s .. '-0', 'f', f, 't', string.format('%.0f', t))
+      redis.call('XADD', KEYS[1], s .. '-0', 'f', f, 't', t)
     else
-      redis.call('XADD', KEYS[1], s .. '-0', 'f', f, 't', string.format('%.0f', t), 'r', '0')
+      redis.call('XADD', KEYS[1], s .. '-0', 'f', f, 't', t, 'r', '0')
     end
   end
 end
@@ -397,28 +397,42 @@ class _StoredFrame(Frame):
         self._fields()["payload"] = value
 
 
-class _Write:
-    """One queued write: a frame, a hole (refused frames), or the end of an execution."""
+class _OutgoingFrame(Frame):
+    """A frame published here: its JSON split around the sequence (``_before`` / ``_after``)
+    and its packed header, queued as is; :meth:`encoded` joins the parts around the sequence
+    only if something asks for the bytes."""
 
-    __slots__ = ("after", "before", "execution_id", "frame", "head", "op")
+    __slots__ = ("_after", "_before", "_head", "_op")
+    _after: bytes
+    _before: bytes
+    _head: bytes
+    _op: str
+    """'-' nothing, 'a' take the lease, 'r' release it (a final status)."""
 
-    def __init__(
-        self,
-        execution_id: str,
-        frame: Frame | None,
-        before: bytes = b"",
-        after: bytes = b"",
-        head: bytes = b"",
-        op: str = "-",
-    ) -> None:
+    def encoded(self) -> bytes:
+        data = self._encoded
+        if data is None:
+            if self.sequence:
+                data = self._encoded = b"%s%d%s" % (self._before, self.sequence, self._after)
+            else:  # not numbered yet: the JSON as it stands (sequence 0), not cached
+                return self._before + b"0" + self._after
+        return data
+
+
+class _Marker:
+    """A queued write that is not a frame: the end of an execution, or a hole (refused
+    frames)."""
+
+    __slots__ = ("_head", "_op", "execution_id")
+
+    def __init__(self, execution_id: str, op: str, head: bytes = b"") -> None:
         self.execution_id = execution_id
-        self.frame = frame
-        self.before = before
-        self.after = after
-        self.head = head
-        self.op = op
-        """'-' nothing, 'a' take the lease, 'r' release it (final status), 'end' end_execution,
-        'hole' refused frames (``head`` says how many)."""
+        self._op = op
+        """'end' or 'hole' (``_head`` says how many sequences)."""
+        self._head = head
+
+
+_Write = _OutgoingFrame | _Marker
 
 
 class _Call:
@@ -442,15 +456,15 @@ class _Call:
         count = 0
         op = "-"
         for write in self.writes:
-            heads.append(write.head)
-            if write.op == "hole":
-                count += _HEAD.unpack(write.head)[0]
+            heads.append(write._head)
+            if isinstance(write, _Marker):  # a hole
+                count += _HEAD.unpack(write._head)[0]
                 continue
             count += 1
-            data.append(write.before)
-            data.append(write.after)
-            if write.op != "-":
-                op = write.op
+            data.append(write._before)
+            data.append(write._after)
+            if write._op != "-":
+                op = write._op
         self.heads = b"".join(heads)
         self.data = b"".join(data)
         self.count = count
@@ -629,6 +643,9 @@ class RedisBroker(Broker):
         self.url = ", ".join(shard.url for shard in self._shards)
         """The server URL(s), passwords masked."""
         self._call_ids = itertools.count(1)
+        self._stamp = ""
+        self._stamp_ms = b"0000000000000"
+        self._stamped_at = -1.0
         self._pending = 0
         self._holes: dict[str, int] = {}
         self._refused = 0
@@ -689,22 +706,38 @@ class RedisBroker(Broker):
         elif self._pending >= self._max_pending:
             self._refuse(execution_id)
         shard = self._shard(execution_id)
-        now = self._clock.now()
-        timestamp = now.isoformat()
-        frame = Frame(execution_id, 0, type, timestamp, payload, replayable)
+        clock = self._clock
+        now = clock.monotonic()
+        if not 0 <= now - self._stamped_at < 0.001:  # timestamps to the millisecond
+            wall = clock.now()
+            self._stamp = wall.isoformat()
+            self._stamp_ms = b"%013d" % (wall.timestamp() * 1000)
+            self._stamped_at = now
+        timestamp = self._stamp
+        frame = _OutgoingFrame.__new__(_OutgoingFrame)
+        frame.execution_id = execution_id
+        frame.sequence = 0
+        frame.type = type
+        frame.timestamp = timestamp
+        frame.payload = payload
+        frame.replayable = replayable
+        frame._encoded = frame._ws_frame = None
         encoded = encode_frame(type, execution_id, 0, timestamp, payload)
         # The first '"sequence":0' is ours: type and executionId precede it, and inside a JSON
         # string every '"' is escaped.
         cut = encoded.index(b'"sequence":0') + 11
-        before, after = encoded[:cut], encoded[cut + 1 :]
-        millis = now.timestamp() * 1000.0
+        before = frame._before = encoded[:cut]
+        after = frame._after = encoded[cut + 1 :]
+        frame._op = op
         if self._holes:
             holes = self._holes.pop(execution_id, 0)
             if holes:
-                hole = _HEAD.pack(holes, 0, millis, _HOLE)
-                self._enqueue(shard, _Write(execution_id, None, head=hole, op="hole"))
-        head = _HEAD.pack(len(before), len(after), millis, _REPLAYABLE if replayable else 0)
-        self._enqueue(shard, _Write(execution_id, frame, before, after, head, op))
+                hole = _HEAD.pack(holes, 0, self._stamp_ms, _HOLE)
+                self._enqueue(shard, _Marker(execution_id, "hole", hole))
+        frame._head = _HEAD.pack(
+            len(before), len(after), self._stamp_ms, _REPLAYABLE if replayable else 0
+        )
+        self._enqueue(shard, frame)
         return frame
 
     def _refuse(self, execution_id: str) -> None:
@@ -765,7 +798,7 @@ class RedisBroker(Broker):
         after they are all in Redis."""
         if self._closed:
             return
-        self._enqueue(self._shard(execution_id), _Write(execution_id, None, op="end"))
+        self._enqueue(self._shard(execution_id), _Marker(execution_id, "end"))
 
     def last_sequence(self, execution_id: str) -> int:
         """The execution's latest sequence: what this process wrote or read, else (an execution
@@ -977,7 +1010,7 @@ class RedisBroker(Broker):
     def _enqueue(self, shard: _Shard, write: _Write) -> None:
         shard.queue.append(write)
         shard.enqueued += 1
-        if write.frame is not None:
+        if type(write) is _OutgoingFrame:
             self._pending += 1
         shard.work.set()
         if shard.writer is None:
@@ -1009,7 +1042,7 @@ class RedisBroker(Broker):
         for _ in range(take):
             write = queue.popleft()
             execution_id = write.execution_id
-            if write.op == "end":
+            if write._op == "end":
                 call = open_calls.pop(execution_id, None)
                 if call is not None:
                     calls.append(call)
@@ -1019,7 +1052,7 @@ class RedisBroker(Broker):
             if call is None:
                 call = open_calls[execution_id] = _Call(execution_id, next(self._call_ids))
             call.writes.append(write)
-            if write.frame is not None:
+            if type(write) is _OutgoingFrame:
                 frames += 1
         calls.extend(open_calls.values())
         for call in calls:
@@ -1158,14 +1191,12 @@ class RedisBroker(Broker):
                 continue
             sequence = first - 1
             for write in call.writes:
-                frame = write.frame
-                if frame is None:  # a hole
-                    sequence += _HEAD.unpack(write.head)[0]
-                    continue
-                sequence += 1
-                frame.sequence = sequence
-                frame._encoded = b"%s%d%s" % (write.before, sequence, write.after)
-                frame._ws_frame = None
+                if type(write) is _OutgoingFrame:
+                    sequence += 1
+                    write.sequence = sequence
+                    write._encoded = write._ws_frame = None
+                else:  # a hole
+                    sequence += _HEAD.unpack(write._head)[0]
             self._remember(execution_id, sequence)
             if call.op == "a":
                 self._leases[execution_id] = shard
@@ -1181,9 +1212,8 @@ class RedisBroker(Broker):
 
     def _deliver_written(self, reading: _Reading, writes: list[_Write]) -> None:
         for write in writes:
-            frame = write.frame
-            if frame is not None and frame.sequence > reading.cursor:
-                self._fan_out(reading, frame.sequence, frame)
+            if type(write) is _OutgoingFrame and write.sequence > reading.cursor:
+                self._fan_out(reading, write.sequence, write)
 
     async def _wait_for_lagging_readers(self, shard: _Shard, calls: list[_Call]) -> None:
         """Hold the batch back (at most :data:`READER_LAG_WAIT`) while this process's reader of
@@ -1274,8 +1304,17 @@ class RedisBroker(Broker):
                 logger.debug("could not wake the reader (%s)", exc)
 
     async def _read_loop(self, shard: _Shard) -> None:
+        """Block on ``XREAD`` over the shard's read executions and fan out what comes.
+
+        A process's own frames reach its subscribers from the writer, so reading them back
+        would be wasted work (parsing, allocation, the collector). The blocking read therefore
+        asks for a single entry per stream (``COUNT 1``, a wake-up) after a wake that brought
+        only this process's frames, and for :data:`READ_COUNT` after one that brought others'
+        frames; a stream that yields new frames is then read in bulk (``COUNT 1024``, without
+        blocking) until it is drained."""
         backoff = BACKOFF_MIN
         wake_key = shard.wake_key.encode()
+        count = READ_COUNT
         while True:
             if not shard.by_key:
                 shard.reader_idle.clear()
@@ -1289,7 +1328,7 @@ class RedisBroker(Broker):
                     shard.client,
                     "XREAD",
                     "COUNT",
-                    READ_COUNT,
+                    count,
                     "BLOCK",
                     self._block_ms,
                     "STREAMS",
@@ -1298,6 +1337,9 @@ class RedisBroker(Broker):
                     *ids,
                     shard.wake_cursor,
                 )
+                shard.reader_blocked = False
+                if response:
+                    count = await self._on_read(shard, list(_streams(response)), count)
             except (*_NETWORK_ERRORS, RedisError) as exc:
                 if shard.reader_error is None:
                     logger.warning(
@@ -1317,14 +1359,67 @@ class RedisBroker(Broker):
                 shard.reader_error = None
                 await self._restore_floors(shard)
             backoff = BACKOFF_MIN
+            shard.signal_reader_progress()
+
+    async def _on_read(
+        self, shard: _Shard, streams: list[tuple[bytes, list[Any]]], count: int
+    ) -> int:
+        """Deliver one blocking read's entries and drain the streams that have more; returns
+        the ``COUNT`` for the next blocking read."""
+        wake_key = shard.wake_key.encode()
+        # Entries of an execution this process is writing: the writer's reply (which hands our
+        # own frames to the subscribers) is on its way; wait for it, briefly, rather than
+        # decode frames it delivers anyway.
+        if shard.inflight is not None:
+            writing = {call.execution_id for call in shard.inflight}
+            waiting = [
+                r
+                for key, _ in streams
+                if (r := shard.by_key.get(key)) is not None and r.execution_id in writing
+            ]
+            if waiting:
+                await self._wait_for_writer(shard)
+        foreign = False
+        more: list[_Reading] = []
+        for key, entries in streams:
+            reading = shard.by_key.get(key)
+            if reading is None:
+                if entries and key == wake_key:
+                    shard.wake_cursor = entries[-1][0].decode()
+                continue
+            if entries and _sequence(entries[-1][0]) > reading.cursor:
+                foreign = True
+                self._deliver(reading, entries)
+                if len(entries) >= count:
+                    more.append(reading)
+        while more:
+            keys = [reading.key for reading in more]
+            ids = [b"%d-0" % reading.cursor for reading in more]
+            response: Any = await _command(
+                shard.client, "XREAD", "COUNT", READ_COUNT, "STREAMS", *keys, *ids
+            )
+            more = []
             for key, entries in _streams(response):
                 reading = shard.by_key.get(key)
-                if reading is None:
-                    if entries and key == wake_key:
-                        shard.wake_cursor = entries[-1][0].decode()
-                    continue
-                self._deliver(reading, entries)
-            shard.signal_reader_progress()
+                if reading is not None and entries:
+                    self._deliver(reading, entries)
+                    if len(entries) >= READ_COUNT:
+                        more.append(reading)
+        return READ_COUNT if foreign else 1
+
+    async def _wait_for_writer(self, shard: _Shard) -> None:
+        """Until the shard's in-flight write is answered, at most
+        :data:`READER_LAG_WAIT` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + READER_LAG_WAIT
+        inflight = shard.inflight
+        while shard.inflight is inflight and inflight is not None:
+            remaining = deadline - loop.time()
+            if remaining <= 0 or shard.last_error is not None:
+                return
+            progress = shard.progress
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(progress.wait(), remaining)
 
     async def _restore_floors(self, shard: _Shard) -> None:
         """After an outage: Redis may have restarted without its data. Raise each read
@@ -1535,7 +1630,7 @@ class RedisBroker(Broker):
         encoded = encode_frame("status", execution_id, 0, timestamp, payload)
         cut = encoded.index(b'"sequence":0') + 11
         before, after = encoded[:cut], encoded[cut + 1 :]
-        head = _HEAD.pack(len(before), len(after), now.timestamp() * 1000.0, _REPLAYABLE)
+        head = _HEAD.pack(len(before), len(after), b"%013d" % (now.timestamp() * 1000), _REPLAYABLE)
         options = self.options
         result = await shard.evalsha(
             "append",
