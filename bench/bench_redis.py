@@ -1,12 +1,14 @@
 """The Redis Streams broker against the in-memory one, and two publishing processes against one.
 
 - ``redis_vs_memory``: frames/s from ``publish`` until a local subscriber has received every
-  frame (token frames, ~80-byte payload, one execution), through :class:`RedisBroker` (Lua
-  sequencing, pipelined writer, XREAD fan-out) vs :class:`InMemoryBroker`. Goal ``report``: the
-  price of sharing executions between processes.
+  frame (token frames, ~80-byte payload, one execution), through :class:`RedisBroker` (one
+  script call per execution per batch, frames handed to local subscribers when Redis answers,
+  raw ``XREAD`` for other processes' frames) vs :class:`InMemoryBroker`, measured alternately.
+  Goal ``>=0.25``: leaving one process must not cost an order of magnitude.
 - ``redis_2proc_vs_1proc``: aggregate frames/s written to Redis (``publish`` + ``flush``) by two
-  processes, each with its own broker and execution, vs one process alone. Goal ``report``:
-  whether a second gateway adds write capacity on this machine (Redis runs on the same 2 cores).
+  processes, each with its own broker and execution, vs one process alone, measured alternately.
+  Goal ``>=1.4``: a second process adds write capacity (Redis runs on the same 2 cores, so ~1.5
+  is the ceiling here).
 
 Needs a Redis at ``REDIS_URL`` (default ``redis://127.0.0.1:6379/0``); without one the rows are
 skipped with a message on stderr.
@@ -22,7 +24,7 @@ import time
 import uuid
 from pathlib import Path
 
-from common import Row, median_of, row
+from common import Row, interleaved_medians, row
 
 _SCRIPT = str(Path(__file__).resolve())
 URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -141,9 +143,12 @@ def run(quick: bool = False) -> list[Row]:
         print(f"bench_redis: no Redis at {URL}; skipped", file=sys.stderr)
         return []
     frames = 5_000 if quick else 40_000
-    repeats = 1 if quick else 3
-    redis_rate = median_of(repeats, lambda: asyncio.run(_through("redis", frames)))
-    memory_rate = median_of(repeats, lambda: asyncio.run(_through("memory", frames)))
+    repeats = 1 if quick else 5
+    redis_rate, memory_rate = interleaved_medians(
+        repeats,
+        lambda: asyncio.run(_through("redis", frames)),
+        lambda: asyncio.run(_through("memory", frames)),
+    )
     rows = [
         row(
             "redis_vs_memory",
@@ -151,13 +156,14 @@ def run(quick: bool = False) -> list[Row]:
             "frames/s",
             "in_memory_broker",
             round(memory_rate),
-            "report",
+            ">=0.25",
             note=f"{frames} token frames publish -> local subscriber, one execution",
         )
     ]
-    per_process = 5_000 if quick else 30_000
-    one = median_of(repeats, lambda: _processes(1, per_process))
-    two = median_of(repeats, lambda: _processes(2, per_process))
+    per_process = 5_000 if quick else 40_000
+    two, one = interleaved_medians(
+        repeats, lambda: _processes(2, per_process), lambda: _processes(1, per_process)
+    )
     rows.append(
         row(
             "redis_2proc_vs_1proc",
@@ -165,7 +171,7 @@ def run(quick: bool = False) -> list[Row]:
             "frames/s",
             "redis_1_process",
             round(one),
-            "report",
+            ">=1.4",
             note=f"{per_process} frames per process written to Redis (publish + flush), "
             "processes started together, start-up excluded; Redis shares the 2 cores",
         )

@@ -157,8 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
         "open the page as /?token=<JWT>",
     )  # fmt: skip
     demo.add_argument(
-        "--redis-url", default=None, metavar="URL",
-        help="keep and fan out frames in Redis (e.g. redis://127.0.0.1:6379/0) instead of memory",
+        "--redis-url", action="append", dest="redis_url", default=None, metavar="URL",
+        help="keep and fan out frames in Redis (e.g. redis://127.0.0.1:6379/0) instead of memory; "
+        "repeat to spread executions over several servers (same list on every process)",
     )  # fmt: skip
 
     serve = commands.add_parser(

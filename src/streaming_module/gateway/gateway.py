@@ -248,8 +248,17 @@ class StreamingWebSocketGateway:
 
     # ------------------------------------------------------------------ HTTP
     async def _health(self, request: web.Request) -> web.Response:
+        """Always 200 (a shared broker's outage hits every instance alike, so it is no reason
+        for a load balancer to drop this one): ``status`` is ``degraded`` when the broker cannot
+        reach its backend, and ``broker`` says which server and why."""
+        broker = await self.broker.health()
         return web.json_response(
-            {"status": "ok", "connections": len(self._connections), "accepting": self._accepting}
+            {
+                "status": "ok" if broker.get("status") == "ok" else "degraded",
+                "connections": len(self._connections),
+                "accepting": self._accepting,
+                "broker": broker,
+            }
         )
 
     async def _root(self, request: web.Request) -> web.StreamResponse:
