@@ -1,9 +1,8 @@
 """RedisBroker against a real Redis: the Broker contract across processes (several brokers on the
 same Redis stand for several gateway processes).
 
-Redis: ``REDIS_URL`` (default ``redis://127.0.0.1:6379/0``) when it answers PING, else a private
-``redis-server`` on a free port (stopped afterwards), else every test here is skipped. Each test
-uses its own ``key_prefix`` and deletes its keys.
+Redis: the ``redis_url`` fixture of ``conftest.py`` (the machine's Redis, else a private
+``redis-server``). Each test uses its own ``key_prefix`` and deletes its keys.
 """
 
 from __future__ import annotations
@@ -11,20 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 redis = pytest.importorskip("redis")
 
+from redis_support import Collector, eventually, free_port  # noqa: E402
 from streaming_module import StreamingModule  # noqa: E402
 from streaming_module.broker import create_broker  # noqa: E402
 from streaming_module.broker.base import GAP, Frame  # noqa: E402
@@ -36,131 +30,7 @@ pytestmark = pytest.mark.redis
 
 WAIT = 5.0
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _answers(url: str) -> bool:
-    try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
-        try:
-            return bool(client.ping())
-        finally:
-            client.close()
-    except Exception:
-        return False
-
-
-@pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    if _answers(url):
-        yield url
-        return
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip(f"no Redis answers at {mask_url(url)} and no redis-server binary to start")
-    for _ in range(3):  # a free port can be taken by someone else before the server binds it
-        port = _free_port()
-        log = tempfile.NamedTemporaryFile(prefix="redis-", suffix=".log", delete=False)
-        proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        url = f"redis://127.0.0.1:{port}/0"
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and proc.poll() is None and not _answers(url):
-            time.sleep(0.05)
-        if proc.poll() is None and _answers(url):
-            try:
-                yield url
-            finally:
-                proc.terminate()
-                proc.wait(5)
-                os.unlink(log.name)
-            return
-        proc.kill()
-        proc.wait(5)
-    pytest.skip("could not start a private redis-server")
-
-
-@pytest.fixture
-def prefix(redis_url: str) -> Iterator[str]:
-    key_prefix = f"smtest:{uuid.uuid4().hex[:10]}"
-    yield key_prefix
-    client = redis.Redis.from_url(redis_url)
-    try:
-        keys = list(client.scan_iter(match=f"{key_prefix}:*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
-
-
 BrokerFactory = Callable[..., RedisBroker]
-
-
-@pytest.fixture
-async def make_broker(redis_url: str, prefix: str) -> AsyncIterator[BrokerFactory]:
-    made: list[RedisBroker] = []
-
-    def make(
-        url: str | None = None, *, options: dict[str, Any] | None = None, **kw: Any
-    ) -> RedisBroker:
-        opts = BrokerOptions(
-            backend="redis", redis_url=url or redis_url, key_prefix=prefix, **(options or {})
-        )
-        broker = RedisBroker(opts, **kw)
-        made.append(broker)
-        return broker
-
-    yield make
-    for broker in made:
-        await broker.aclose()
-
-
-class Collector:
-    """A listener that keeps what it is given."""
-
-    def __init__(self) -> None:
-        self.frames: list[Frame] = []
-
-    def __call__(self, frame: Frame) -> None:
-        self.frames.append(frame)
-
-    @property
-    def sequences(self) -> list[int]:
-        return [f.sequence for f in self.frames if f.type != GAP]
-
-    async def until(self, count: int, within: float = WAIT) -> list[Frame]:
-        deadline = time.monotonic() + within
-        while len(self.frames) < count:
-            assert time.monotonic() < deadline, f"got {len(self.frames)} of {count} frames"
-            await asyncio.sleep(0.01)
-        return self.frames
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = WAIT) -> None:
-    deadline = time.monotonic() + within
-    while not await check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
 
 
 # --------------------------------------------------------------------------- order and replay
@@ -386,7 +256,7 @@ async def test_a_final_status_stays_the_last_frame(make_broker: BrokerFactory) -
 async def test_an_unreachable_redis_is_a_broker_error_naming_the_masked_url(
     make_broker: BrokerFactory,
 ) -> None:
-    port = _free_port()
+    port = free_port()
     broker = make_broker(f"redis://:hunter2@127.0.0.1:{port}/0", flush_timeout=0.5)
     with pytest.raises(BrokerError) as caught:
         await broker.subscribe("x", Collector())
