@@ -2,7 +2,8 @@
 
 ``python tests/redis_publisher.py URL PREFIX EXECUTION FRAMES [--lease-ms N] [--started] [--hold]``
 publishes ``FRAMES`` token frames (``{"i": 0..}``) to ``EXECUTION`` with a :class:`RedisBroker`
-(``URL`` may be several, comma-separated), preceded by ``status: started`` with ``--started``,
+(``URL`` may be several, comma-separated), preceded by ``status: started`` with ``--started``
+(and a ``started`` run record of workflow ``W`` with ``--record W``),
 flushes, prints ``published <last sequence>`` and exits — or with ``--hold`` keeps running (its
 lease renewed) until it is killed.
 """
@@ -13,6 +14,7 @@ import argparse
 import asyncio
 import sys
 
+from streaming_module.broker.base import RunRecord
 from streaming_module.broker.redis import RedisBroker
 from streaming_module.config import BrokerOptions
 
@@ -28,6 +30,8 @@ async def main(args: argparse.Namespace) -> None:
     )
     broker = RedisBroker(options)
     await broker.ping()
+    if args.record:
+        await broker.save_run(RunRecord(args.execution, "started", workflow=args.record))
     if args.started:
         broker.publish(args.execution, "status", {"status": "started"})
     last = None
@@ -52,4 +56,5 @@ if __name__ == "__main__":
     parser.add_argument("--max-frames", type=int, default=10000)
     parser.add_argument("--started", action="store_true")
     parser.add_argument("--hold", action="store_true")
+    parser.add_argument("--record", default=None)
     asyncio.run(main(parser.parse_args(sys.argv[1:])))
