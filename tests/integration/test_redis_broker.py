@@ -398,3 +398,76 @@ async def test_a_wrong_redis_url_fails_at_start_up_not_at_the_first_subscribe() 
     pending = container.shutdown_resources()
     if pending is not None:
         await pending
+
+
+# --------------------------------------------------------------------------- the fast path
+
+
+async def test_local_subscribers_get_the_published_frames_without_reading_them_back(
+    make_broker: BrokerFactory,
+) -> None:
+    """This process's frames reach its own subscribers when Redis answers the write: the very
+    frame objects ``publish`` returned, numbered; another process gets the stored bytes."""
+    producer, other = make_broker(), make_broker()
+    local, remote = Collector(), Collector()
+    await producer.subscribe("fast", local)
+    await other.subscribe("fast", remote)
+    published = [producer.publish("fast", "token", {"i": i}) for i in range(1500)]
+    await producer.flush()
+    await local.until(1500)
+    assert all(a is b for a, b in zip(local.frames, published, strict=True))
+    frames = await remote.until(1500)
+    assert [f.encoded() for f in frames] == [f.encoded() for f in published]
+    assert [f.sequence for f in frames] == list(range(1, 1501))
+
+
+async def test_frames_read_from_redis_are_decoded_only_when_read(
+    make_broker: BrokerFactory,
+) -> None:
+    producer, other = make_broker(), make_broker()
+    seen = Collector()
+    await other.subscribe("lazy", seen)
+    sent = producer.publish("lazy", "event", {"text": 'quote " and \\ and ünïcode', "n": [1, 2]})
+    await producer.flush()
+    (frame,) = await seen.until(1)
+    assert frame.encoded() == sent.encoded()
+    assert frame.type == "event" and frame.replayable
+    assert frame.payload == {"text": 'quote " and \\ and ünïcode', "n": [1, 2]}
+    assert frame.timestamp == sent.timestamp and frame.sequence == 1
+    assert frame.to_dict() == json.loads(sent.encoded())
+
+
+async def test_a_write_is_one_short_script_call_per_execution_per_batch(
+    private_redis: Any,
+) -> None:
+    """2,000 frames of one execution and 1,000 of another, published at once: each script call
+    carries at most 512 frames and concerns one execution."""
+    options = BrokerOptions(backend="redis", redis_url=private_redis.url, key_prefix="batch")
+    broker = RedisBroker(options)
+    client = redis.asyncio.Redis.from_url(private_redis.url)
+    try:
+        await broker.ping()
+        await client.config_resetstat()  # a private server: nobody else's statistics
+        for i in range(3000):
+            broker.publish("a" if i % 3 else "b", "token", {"i": i})
+        await broker.flush()
+        calls = (await client.info("commandstats"))["cmdstat_evalsha"]["calls"]
+        assert calls == 6 * 2  # ceil(3000 / 512) batches, one call per execution in each
+        assert await broker.fetch_last_sequence("a") == 2000
+        assert await broker.fetch_last_sequence("b") == 1000
+    finally:
+        await client.aclose()
+        await broker.aclose()
+
+
+async def test_last_sequence_answers_from_redis_for_an_execution_this_process_never_saw(
+    make_broker: BrokerFactory,
+) -> None:
+    producer, other = make_broker(), make_broker()
+    for i in range(7):
+        producer.publish("seen-elsewhere", "token", {"i": i})
+    await producer.flush()
+    assert producer.last_sequence("seen-elsewhere") == 7  # written here
+    assert other.last_sequence("seen-elsewhere") == 7  # asked from Redis
+    assert await other.fetch_last_sequence("seen-elsewhere") == 7
+    assert other.last_sequence("never-published") == 0
