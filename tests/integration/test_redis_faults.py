@@ -64,6 +64,37 @@ async def test_a_reader_whose_loop_is_busy_gets_a_gap_not_a_silent_skip(
     assert [f.payload["i"] for f in after] == list(range(5000, 6000))
 
 
+async def test_this_process_never_trims_frames_its_own_subscribers_have_yet_to_read(
+    make_broker: BrokerFactory, redis_url: str, prefix: str
+) -> None:
+    """Right after the other process's 3,000 frames (log of 1,000), this process writes 500 of
+    its own before its subscriber could read the other's: its write keeps them (the log may
+    then hold up to twice the bound), so the only gap is the one the other process made."""
+    local = make_broker(options={"replay_max_frames": 1000}, block_ms=60_000)
+    seen = Collector()
+    await local.subscribe("own", seen)
+    await asyncio.sleep(0.3)  # the reader is blocked in XREAD: the first frames wake it
+    publisher = Publisher(redis_url, prefix, "own", 3000, "--max-frames", "1000")
+    try:
+        assert publisher.published() == 3000  # blocks this loop meanwhile
+        for i in range(500):  # queued before this process reads anything
+            local.publish("own", "token", {"mine": i})
+    finally:
+        publisher.close()
+    await local.flush()
+    deadline = time.monotonic() + 10
+    while not seen.frames or seen.frames[-1].sequence < 3500:
+        assert time.monotonic() < deadline, f"got up to {seen.frames[-1:]}"
+        await asyncio.sleep(0.02)
+    (gap,) = [f for f in seen.frames if f.type == GAP]
+    index = seen.frames.index(gap)
+    assert_contiguous(seen.frames[:index], 1)
+    assert gap.payload == {"from": index + 1, "to": 2000}
+    after = seen.frames[index + 1 :]
+    assert_contiguous(after, 2001)
+    assert [f.payload.get("mine") for f in after[1000:]] == list(range(500))
+
+
 async def test_a_redis_restarted_without_persistence_continues_the_numbering(
     private_redis: RedisServer,
 ) -> None:

@@ -7,7 +7,8 @@ hash tag, so an execution's keys share one slot):
   (``<sequence>-0``), so a resume after ``N`` is ``XRANGE p:exec:{E} (N-0 +``. Fields: ``f`` the
   encoded JSON frame (sequence included, exactly the bytes clients are sent), ``t`` the publish
   time in epoch milliseconds (for the replay age bound), ``r`` = ``0`` on non-replayable frames.
-  Trimmed *exactly* to ``replay_max_frames`` once per written batch (``XTRIM MAXLEN n``).
+  Trimmed *exactly* to ``replay_max_frames`` once per written batch (``XTRIM MAXLEN n``; see
+  *No silent skip* for the one exception).
 - ``p:exec:{E}:meta`` — a hash: ``seq`` the execution's last sequence, ``ended`` once
   :meth:`~RedisBroker.end_execution` ran, ``final`` once a final status was written,
   ``w:<writer>`` the last script call each broker instance applied (for idempotent retries).
@@ -46,10 +47,11 @@ reader fans out the stored bytes without decoding them: a frame's payload is dec
 something reads it (the WebSocket path does not).
 
 No silent skip. A reader that finds its next frames gone from the stream (trimmed by
-``replay_max_frames`` before it could read them, or lost by a Redis restart) delivers a ``gap``
-``{"from", "to"}`` and continues; a replay does the same for every hole. The writer also holds
-its own process's readers back from that: it waits (up to a second) before writing to an
-execution whose local reader lags by more than half the log.
+``replay_max_frames`` before it could read them, refused under load, or lost by a Redis restart)
+delivers a ``gap`` ``{"from", "to"}`` and continues; a replay does the same for every hole. A
+process's own writes never trim other processes' frames its own subscribers have yet to read:
+the script then trims to what they still need (``XTRIM MINID``) instead of the exact bound, so
+the log may briefly hold up to twice ``replay_max_frames``.
 
 Full policy. The FIFO holds at most ``max_pending_frames`` frames (each costs its JSON plus
 ~300 bytes). Past it — Redis slow or unreachable for long — ``publish`` raises
@@ -144,8 +146,9 @@ LEASE_SCAN = 100
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 5.0
 
-READER_LAG_WAIT = 1.0
-"""Longest the writer waits for this process's reader to catch up before writing anyway."""
+WRITER_WAIT = 1.0
+"""Longest the reader waits for the writer's reply before decoding frames the writer is about
+to hand over anyway."""
 
 HEALTH_TIMEOUT = 1.0
 """Seconds :meth:`RedisBroker.health` waits for each server's PING."""
@@ -164,7 +167,9 @@ _NOT_REPLAYABLE, _REPLAYABLE, _HOLE = 0, 1, 2
 # ARGV: 1 writer, 2 call id, 3 sequences used, 4 items, 5 heads, 6 data, 7 maxlen, 8 idle ttl,
 # 9 ended ttl, 10 tombstone ms, 11 floor (last sequence the caller knows), 12 op ('-' none,
 # 'a' take the lease, 'r' final status: release it, 'c' claim a lost producer's run),
-# 13 lease ms, 14 run error JSON (claim), 15 timestamp (claim).
+# 13 lease ms, 14 run error JSON (claim), 15 timestamp (claim), 16 the last sequence this
+# process's subscribers have (-1: none): trimming keeps the frames of others they have yet to
+# read (theirs come from the writer), up to twice maxlen.
 # Returns the first sequence used; 0 for a claim that is no longer needed (a final status was
 # written); -pttl for a claim whose lease is still alive.
 _APPEND_LUA = """
@@ -221,7 +226,13 @@ for _ = 1, tonumber(ARGV[4]) do
     end
   end
 end
-redis.call('XTRIM', KEYS[1], 'MAXLEN', ARGV[7])
+local maxlen, keep = tonumber(ARGV[7]), tonumber(ARGV[16])
+if keep >= 0 and keep < first - 1 and last - maxlen > keep then
+  local minid = math.max(keep + 1, last - 2 * maxlen + 1)
+  redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d-0', minid))
+else
+  redis.call('XTRIM', KEYS[1], 'MAXLEN', maxlen)
+end
 local ttl = tonumber(ARGV[8])
 if m[2] or op == 'c' then ttl = tonumber(ARGV[9]) end
 if op == 'a' then
@@ -1070,7 +1081,6 @@ class RedisBroker(Broker):
                     await shard.work.wait()
                     continue
                 shard.inflight = self._prepare(shard)
-                await self._wait_for_lagging_readers(shard, shard.inflight)
             calls = shard.inflight
             try:
                 results = await self._write(shard, calls)
@@ -1154,6 +1164,7 @@ class RedisBroker(Broker):
                 lease,
                 "",
                 "",
+                self._unread_floor(execution_id),
             )
             if call.op != "-":
                 registry.append((call.op, execution_id))
@@ -1215,31 +1226,13 @@ class RedisBroker(Broker):
             if type(write) is _OutgoingFrame and write.sequence > reading.cursor:
                 self._fan_out(reading, write.sequence, write)
 
-    async def _wait_for_lagging_readers(self, shard: _Shard, calls: list[_Call]) -> None:
-        """Hold the batch back (at most :data:`READER_LAG_WAIT`) while this process's reader of
-        one of its executions lags by more than half the log: written now, its next frames
-        could be trimmed before it reads them."""
-        limit = max(1, self.options.replay_max_frames // 2)
-        deadline: float | None = None
-        loop = asyncio.get_running_loop()
-        while True:
-            lagging = False
-            for call in calls:
-                reading = self._reading.get(call.execution_id)
-                if reading is None or reading.ready is not None or not reading.listeners:
-                    continue
-                if self._known.get(call.execution_id, 0) + call.count - reading.cursor > limit:
-                    lagging = True
-                    break
-            if not lagging or shard.reader_error is not None:
-                return
-            deadline = deadline if deadline is not None else loop.time() + READER_LAG_WAIT
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return
-            progress = shard.reader_progress
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(progress.wait(), remaining)
+    def _unread_floor(self, execution_id: str) -> int:
+        """The last sequence this process's subscribers of the execution have, or -1: the write
+        must not trim what they have yet to read (up to twice ``replay_max_frames``)."""
+        reading = self._reading.get(execution_id)
+        if reading is None or reading.ready is not None or not reading.listeners:
+            return -1
+        return reading.cursor
 
     def _remember(self, execution_id: str, sequence: int) -> None:
         known = self._known
@@ -1409,9 +1402,9 @@ class RedisBroker(Broker):
 
     async def _wait_for_writer(self, shard: _Shard) -> None:
         """Until the shard's in-flight write is answered, at most
-        :data:`READER_LAG_WAIT` seconds."""
+        :data:`WRITER_WAIT` seconds."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + READER_LAG_WAIT
+        deadline = loop.time() + WRITER_WAIT
         inflight = shard.inflight
         while shard.inflight is inflight and inflight is not None:
             remaining = deadline - loop.time()
@@ -1656,6 +1649,7 @@ class RedisBroker(Broker):
                 self._lease_ms,
                 orjson.dumps(error),
                 timestamp,
+                -1,
             ],
         )
         result = int(result)
