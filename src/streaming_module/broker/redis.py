@@ -42,9 +42,12 @@ Delivery. A local subscriber does not wait for its own process's frames to come 
 once the writer has Redis's answer, the frames are delivered to this process's subscribers at
 once, when they directly follow what those subscribers already have. Everything else (frames of
 other processes, or ours when others' frames came in between) comes from one reader task per
-server running a blocking ``XREAD COUNT 1024`` over every execution with local subscribers. The
-reader fans out the stored bytes without decoding them: a frame's payload is decoded only if
-something reads it (the WebSocket path does not).
+server running a blocking ``XREAD`` over every execution with local subscribers: ``COUNT 1024``,
+or ``COUNT 1`` (a mere wake-up) after a wake that brought only this process's own frames, so
+those are not read back and decoded a second time; a stream with more is then drained with
+non-blocking ``XREAD COUNT 1024``. The reader fans out the stored bytes without decoding them:
+a frame's payload is decoded only if something reads it (the WebSocket path does not).
+Timestamps are taken to the millisecond (one clock reading per millisecond of publishing).
 
 No silent skip. A reader that finds its next frames gone from the stream (trimmed by
 ``replay_max_frames`` before it could read them, refused under load, or lost by a Redis restart)
@@ -1111,6 +1114,13 @@ class RedisBroker(Broker):
             if shard.last_error is not None:
                 logger.info("Redis at %s is back; writing queued frames", shard.url)
             shard.last_error = None
+            if self._refused and self._pending < self._max_pending // 2:
+                logger.info(
+                    "Redis at %s is keeping up again; %d frames were refused meanwhile",
+                    shard.url,
+                    self._refused,
+                )
+                self._refused = 0
             backoff = BACKOFF_MIN
             self._complete(shard, calls, results)
             written = sum(len(call.writes) + call.is_end for call in calls)
