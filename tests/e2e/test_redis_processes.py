@@ -22,8 +22,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -186,17 +186,19 @@ def check_run(frames: list[dict[str, Any]], execution_id: str) -> str:
     return "".join(f["payload"]["content"] for f in frames if f["type"] == "token")
 
 
-@asynccontextmanager
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
 async def start_run(
     s: aiohttp.ClientSession, gateway: Gateway, execution_id: str, **body: Any
 ) -> None:
     async with s.post(gateway.url + "/test-runs", json={"executionId": execution_id, **body}) as r:
         assert r.status == 202, await r.text()
+
+
+async def watch(s: aiohttp.ClientSession, execution_id: str, *where: Gateway) -> list[Watcher]:
+    """A client subscribed live to the execution on each of ``where``."""
+    watchers = [Watcher(s, execution_id) for _ in where]
+    for watcher, gateway in zip(watchers, where, strict=True):
+        await watcher.connect(gateway)
+    return watchers
 
 
 async def record(s: aiohttp.ClientSession, gateway: Gateway, execution_id: str) -> dict[str, Any]:
@@ -210,11 +212,9 @@ async def test_a_whole_run_streams_exactly_to_clients_of_two_other_processes(
     tmp_path: Path, redis_urls: list[str]
 ) -> None:
     with gateways(tmp_path, redis_urls, 3) as (producer, left, right):
-        async with session() as s:
+        async with aiohttp.ClientSession() as s:
             execution_id = f"story-{uuid.uuid4().hex[:8]}"
-            watchers = [Watcher(s, execution_id), Watcher(s, execution_id)]
-            await watchers[0].connect(left)
-            await watchers[1].connect(right)
+            watchers = await watch(s, execution_id, left, right)
             await start_run(s, producer, execution_id, words=300, delayMs=1)
             await asyncio.gather(*(w.read(ended) for w in watchers))
             texts = [check_run(w.frames, execution_id) for w in watchers]
@@ -241,11 +241,9 @@ async def test_a_killed_producer_ends_the_run_for_every_watcher_with_producer_lo
     tmp_path: Path, redis_urls: list[str]
 ) -> None:
     with gateways(tmp_path, redis_urls, 3) as (producer, left, right):
-        async with session() as s:
+        async with aiohttp.ClientSession() as s:
             execution_id = f"doomed-{uuid.uuid4().hex[:8]}"
-            watchers = [Watcher(s, execution_id), Watcher(s, execution_id)]
-            await watchers[0].connect(left)
-            await watchers[1].connect(right)
+            watchers = await watch(s, execution_id, left, right)
             await start_run(s, producer, execution_id, words=5000, delayMs=5)
             tokens = 0
 
@@ -281,10 +279,9 @@ async def test_a_client_whose_gateway_is_killed_resumes_on_another_and_misses_no
     tmp_path: Path, redis_urls: list[str]
 ) -> None:
     with gateways(tmp_path, redis_urls, 3) as (producer, doomed, spare):
-        async with session() as s:
+        async with aiohttp.ClientSession() as s:
             execution_id = f"resume-{uuid.uuid4().hex[:8]}"
-            client = Watcher(s, execution_id)
-            await client.connect(doomed)
+            (client,) = await watch(s, execution_id, doomed)
             await start_run(s, producer, execution_id, words=1500, delayMs=2)
             await client.read(lambda frames: len(frames) >= 20)
             doomed.kill()

@@ -8,8 +8,9 @@ runs against the shared Redis with another *process* publishing (``tests/redis_p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -32,6 +33,27 @@ BrokerFactory = Callable[..., RedisBroker]
 
 def _options(url: str, prefix: str = "smfault", **extra: Any) -> BrokerOptions:
     return BrokerOptions(backend="redis", redis_url=url, key_prefix=prefix, **extra)
+
+
+@contextlib.asynccontextmanager
+async def _producer_and_watcher(
+    options: BrokerOptions, execution_id: str, frames: int
+) -> AsyncIterator[tuple[RedisBroker, RedisBroker, Collector]]:
+    """Two processes on ``options``: the watcher subscribed live to the execution, which the
+    producer has already written ``frames`` frames to (``{"i": n}``) and the watcher has got."""
+    producer = RedisBroker(options, flush_timeout=30)
+    watcher = RedisBroker(options, flush_timeout=30)
+    try:
+        live = Collector()
+        await watcher.subscribe(execution_id, live)
+        for i in range(frames):
+            producer.publish(execution_id, "token", {"i": i})
+        await producer.flush()
+        await live.until(frames)
+        yield producer, watcher, live
+    finally:
+        await producer.aclose()
+        await watcher.aclose()
 
 
 async def test_a_reader_whose_loop_is_busy_gets_a_gap_not_a_silent_skip(
@@ -101,15 +123,8 @@ async def test_a_redis_restarted_without_persistence_continues_the_numbering(
     """Redis loses every key (restart, no persistence) mid-run: the producer numbers its next
     frames after the last sequence it knows, a live watcher continues without a gap, and a
     client resuming from an earlier point is told what is gone."""
-    producer = RedisBroker(_options(private_redis.url), flush_timeout=20)
-    watcher = RedisBroker(_options(private_redis.url), flush_timeout=20)
-    try:
-        live = Collector()
-        await watcher.subscribe("restart", live)
-        for i in range(10):
-            producer.publish("restart", "token", {"i": i})
-        await producer.flush()
-        await live.until(10)
+    options = _options(private_redis.url)
+    async with _producer_and_watcher(options, "restart", 10) as (producer, _, live):
         private_redis.restart()
         for i in range(10, 15):
             producer.publish("restart", "token", {"i": i})
@@ -117,7 +132,7 @@ async def test_a_redis_restarted_without_persistence_continues_the_numbering(
         await live.until(15, within=20)
         assert_contiguous(live.frames, 1)
         assert [f.payload["i"] for f in live.frames] == list(range(15))
-        late = RedisBroker(_options(private_redis.url))
+        late = RedisBroker(options)
         try:
             resumed = Collector()
             await late.subscribe("restart", resumed, last_sequence=4)
@@ -127,9 +142,6 @@ async def test_a_redis_restarted_without_persistence_continues_the_numbering(
             assert await late.fetch_last_sequence("restart") == 15
         finally:
             await late.aclose()
-    finally:
-        await producer.aclose()
-        await watcher.aclose()
 
 
 async def test_a_slow_redis_fills_the_local_queue_then_publish_refuses_and_leaves_a_gap(
@@ -140,15 +152,7 @@ async def test_a_slow_redis_fills_the_local_queue_then_publish_refuses_and_leave
     accepted; once Redis answers everything accepted arrives in order and the refused frame's
     place is a gap for every subscriber, live or resuming."""
     options = _options(private_redis.url, "smslow", max_pending_frames=100)
-    producer = RedisBroker(options, flush_timeout=30)
-    watcher = RedisBroker(options, flush_timeout=30)
-    try:
-        live = Collector()
-        await watcher.subscribe("slow", live)
-        for i in range(5):
-            producer.publish("slow", "token", {"i": i})
-        await producer.flush()
-        await live.until(5)
+    async with _producer_and_watcher(options, "slow", 5) as (producer, watcher, live):
         private_redis.pause()
         try:
             for i in range(5, 105):
@@ -180,9 +184,6 @@ async def test_a_slow_redis_fills_the_local_queue_then_publish_refuses_and_leave
             ("status", 107),
         ]
         assert "refusing frames" in caplog.text
-    finally:
-        await producer.aclose()
-        await watcher.aclose()
 
 
 async def test_health_reports_a_redis_that_does_not_answer(private_redis: RedisServer) -> None:
