@@ -160,7 +160,7 @@ def run(quick: bool = False) -> list[Row]:
             note=f"{frames} token frames publish -> local subscriber, one execution",
         )
     ]
-    per_process = 5_000 if quick else 40_000
+    per_process = 5_000 if quick else 100_000
     two, one = interleaved_medians(
         repeats, lambda: _processes(2, per_process), lambda: _processes(1, per_process)
     )

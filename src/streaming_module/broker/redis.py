@@ -5,8 +5,8 @@ hash tag, so an execution's keys share one slot):
 
 - ``p:exec:{E}`` — a Redis stream, one entry per frame. The entry id *is* the sequence
   (``<sequence>-0``), so a resume after ``N`` is ``XRANGE p:exec:{E} (N-0 +``. Fields: ``f`` the
-  encoded JSON frame (sequence included, exactly the bytes clients are sent), ``t`` the publish
-  time in epoch milliseconds (for the replay age bound), ``r`` = ``0`` on non-replayable frames.
+  encoded JSON frame (sequence included, exactly the bytes clients are sent; its ``timestamp``
+  serves the replay age bound), ``r`` = ``0`` on non-replayable frames.
   Trimmed *exactly* to ``replay_max_frames`` once per written batch (``XTRIM MAXLEN n``; see
   *No silent skip* for the one exception).
 - ``p:exec:{E}:meta`` — a hash: ``seq`` the execution's last sequence, ``ended`` once
@@ -30,13 +30,14 @@ Sequencing and the write path. :meth:`~RedisBroker.publish` is synchronous and n
 encodes the frame once (split around its sequence number), puts it in a bounded local FIFO and
 returns the :class:`Frame` with ``sequence`` 0. One writer task per server drains the FIFO in
 order, up to :data:`WRITE_BATCH` frames per round trip, with **one script call per execution per
-batch**: the frames travel as two blob arguments (a packed header per frame and the
-concatenated JSON around the sequence), the script does one ``HINCRBY seq n``, one ``XADD`` per
-frame, one exact ``XTRIM`` and the expiries. Sequence numbers therefore rise by one per
-execution over every frame, across processes; one process's frames keep their order (a run's
-final status stays its last frame); frames of different processes interleave in the order Redis
-received them. ``await flush()`` returns when every frame published before it is in Redis with
-its sequence (the returned frame's ``sequence`` is filled in then).
+batch**: the frames travel as a few blob arguments (a packed header per frame, the JSON after
+each sequence, and once each the distinct JSON before it, i.e. one per frame type), the script
+does one ``HINCRBY seq n``, one ``XADD`` per frame, one exact ``XTRIM`` and the expiries.
+Sequence numbers therefore rise by one per execution over every frame, across processes; one
+process's frames keep their order (a run's final status stays its last frame); frames of
+different processes interleave in the order Redis received them. ``await flush()`` returns
+when every frame published before it is in Redis with its sequence (the returned frame's
+``sequence`` is filled in then).
 
 Delivery. A local subscriber does not wait for its own process's frames to come back from Redis:
 once the writer has Redis's answer, the frames are delivered to this process's subscribers at
@@ -101,12 +102,14 @@ import functools
 import hashlib
 import itertools
 import logging
+import math
 import random
 import struct
 import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -160,19 +163,22 @@ PRODUCER_LOST = "producer_lost"
 
 _NETWORK_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
-# Per frame in a script call: length of the JSON before the sequence, length after it, publish
-# time (epoch ms, 13 ASCII digits), kind. Kind HOLE: sequences given up (refused frames); the
-# first length is how many.
-_HEAD = struct.Struct(">II13sB")
+# Per frame in a script call: the length of its JSON after the sequence, and its kind (HOLE:
+# sequences given up for refused frames; the length is how many). The JSON before the sequence
+# (``{"type":...,"executionId":...,"sequence":``) is the same for every frame of a type, so a call
+# carries each distinct one once, and one byte per frame says which.
+_HEAD = struct.Struct(">IB")
+MAX_PREFIXES = 255
 _NOT_REPLAYABLE, _REPLAYABLE, _HOLE = 0, 1, 2
 
 # KEYS: stream, meta, lease, run.
-# ARGV: 1 writer, 2 call id, 3 sequences used, 4 items, 5 heads, 6 data, 7 maxlen, 8 idle ttl,
-# 9 ended ttl, 10 tombstone ms, 11 floor (last sequence the caller knows), 12 op ('-' none,
-# 'a' take the lease, 'r' final status: release it, 'c' claim a lost producer's run),
-# 13 lease ms, 14 run error JSON (claim), 15 timestamp (claim), 16 the last sequence this
-# process's subscribers have (-1: none): trimming keeps the frames of others they have yet to
-# read (theirs come from the writer), up to twice maxlen.
+# ARGV: 1 writer, 2 call id, 3 sequences used, 4 items, 5 heads, 6 data (the JSON after each
+# sequence), 7 maxlen, 8 idle ttl, 9 ended ttl, 10 tombstone ms, 11 floor (last sequence the
+# caller knows), 12 op ('-' none, 'a' take the lease, 'r' final status: release it, 'c' claim a
+# lost producer's run), 13 lease ms, 14 run error JSON (claim), 15 timestamp (claim), 16 the last
+# sequence this process's subscribers have (-1: none): trimming keeps the frames of others they
+# have yet to read (theirs come from the writer), up to twice maxlen, 17 prefix index per item
+# (one byte each), 18... the distinct JSON prefixes (before the sequence).
 # Returns the first sequence used; 0 for a claim that is no longer needed (a final status was
 # written); -pttl for a claim whose lease is still alive.
 _APPEND_LUA = """
@@ -210,22 +216,22 @@ if last == count then
 end
 local first = last - count + 1
 local seq = first - 1
-local heads, data = ARGV[5], ARGV[6]
+local heads, data, which = ARGV[5], ARGV[6], ARGV[17]
 local hp, dp = 1, 1
-for _ = 1, tonumber(ARGV[4]) do
-  local lb, la, t, kind
-  lb, la, t, kind, hp = struct.unpack('>IIc13B', heads, hp)
+for i = 1, tonumber(ARGV[4]) do
+  local la, kind
+  la, kind, hp = struct.unpack('>IB', heads, hp)
   if kind == 2 then
-    seq = seq + lb
+    seq = seq + la
   else
     seq = seq + 1
     local s = string.format('%d', seq)
-    local f = string.sub(data, dp, dp + lb - 1) .. s .. string.sub(data, dp + lb, dp + lb + la - 1)
-    dp = dp + lb + la
+    local f = ARGV[17 + string.byte(which, i)] .. s .. string.sub(data, dp, dp + la - 1)
+    dp = dp + la
     if kind == 1 then
-      redis.call('XADD', KEYS[1], s .. '-0', 'f', f, 't', t)
+      redis.call('XADD', KEYS[1], s, 'f', f)
     else
-      redis.call('XADD', KEYS[1], s .. '-0', 'f', f, 't', t, 'r', '0')
+      redis.call('XADD', KEYS[1], s, 'f', f, 'r', '0')
     end
   end
 end
@@ -332,6 +338,23 @@ def shard_index(execution_id: str, servers: int) -> int:
 def _sequence(entry_id: bytes) -> int:
     """The sequence of a stream entry id ``b"<sequence>-0"``."""
     return int(entry_id.partition(b"-")[0])
+
+
+_TIMESTAMP_KEY = b'"timestamp":"'
+
+
+def _published_ms(data: bytes) -> float:
+    """When an encoded frame was published (epoch ms), from its ``timestamp``; +inf (never too
+    old) when it cannot be read."""
+    start = data.find(_TIMESTAMP_KEY)
+    if start < 0:
+        return math.inf
+    start += len(_TIMESTAMP_KEY)
+    try:
+        text = data[start : data.index(b'"', start)].decode()
+        return datetime.fromisoformat(text).timestamp() * 1000
+    except ValueError:
+        return math.inf
 
 
 def _streams(response: Any) -> Iterable[tuple[bytes, list[Any]]]:
@@ -452,35 +475,63 @@ _Write = _OutgoingFrame | _Marker
 class _Call:
     """One script call of a batch: an execution's frames (and holes), or its end."""
 
-    __slots__ = ("call_id", "count", "data", "execution_id", "heads", "is_end", "op", "writes")
+    __slots__ = (
+        "call_id",
+        "count",
+        "data",
+        "execution_id",
+        "heads",
+        "is_end",
+        "op",
+        "prefixes",
+        "which",
+        "writes",
+    )
 
     def __init__(self, execution_id: str, call_id: int, is_end: bool = False) -> None:
         self.execution_id = execution_id
         self.call_id = call_id
         self.is_end = is_end
         self.writes: list[_Write] = []
+        self.prefixes: dict[bytes, int] = {}
         self.op = "-"
         self.count = 0
         self.heads = b""
         self.data = b""
+        self.which = b""
+
+    def add(self, write: _Write) -> bool:
+        """Take the write, unless it would need a prefix beyond :data:`MAX_PREFIXES`."""
+        if type(write) is _OutgoingFrame:
+            prefixes = self.prefixes
+            if write._before not in prefixes:
+                if len(prefixes) >= MAX_PREFIXES:
+                    return False
+                prefixes[write._before] = len(prefixes) + 1
+        self.writes.append(write)
+        return True
 
     def seal(self) -> None:
         heads: list[bytes] = []
         data: list[bytes] = []
+        which = bytearray()
+        prefixes = self.prefixes
         count = 0
         op = "-"
         for write in self.writes:
             heads.append(write._head)
-            if isinstance(write, _Marker):  # a hole
+            if type(write) is _OutgoingFrame:
+                count += 1
+                data.append(write._after)
+                which.append(prefixes[write._before])
+                if write._op != "-":
+                    op = write._op
+            else:  # a hole
                 count += _HEAD.unpack(write._head)[0]
-                continue
-            count += 1
-            data.append(write._before)
-            data.append(write._after)
-            if write._op != "-":
-                op = write._op
+                which.append(0)
         self.heads = b"".join(heads)
         self.data = b"".join(data)
+        self.which = bytes(which)
         self.count = count
         self.op = op
 
@@ -658,7 +709,6 @@ class RedisBroker(Broker):
         """The server URL(s), passwords masked."""
         self._call_ids = itertools.count(1)
         self._stamp = ""
-        self._stamp_ms = b"0000000000000"
         self._stamped_at = -1.0
         self._pending = 0
         self._holes: dict[str, int] = {}
@@ -725,7 +775,6 @@ class RedisBroker(Broker):
         if not 0 <= now - self._stamped_at < 0.001:  # timestamps to the millisecond
             wall = clock.now()
             self._stamp = wall.isoformat()
-            self._stamp_ms = b"%013d" % (wall.timestamp() * 1000)
             self._stamped_at = now
         timestamp = self._stamp
         frame = _OutgoingFrame.__new__(_OutgoingFrame)
@@ -740,17 +789,15 @@ class RedisBroker(Broker):
         # The first '"sequence":0' is ours: type and executionId precede it, and inside a JSON
         # string every '"' is escaped.
         cut = encoded.index(b'"sequence":0') + 11
-        before = frame._before = encoded[:cut]
+        frame._before = encoded[:cut]
         after = frame._after = encoded[cut + 1 :]
         frame._op = op
         if self._holes:
             holes = self._holes.pop(execution_id, 0)
             if holes:
-                hole = _HEAD.pack(holes, 0, self._stamp_ms, _HOLE)
+                hole = _HEAD.pack(holes, _HOLE)
                 self._enqueue(shard, _Marker(execution_id, "hole", hole))
-        frame._head = _HEAD.pack(
-            len(before), len(after), self._stamp_ms, _REPLAYABLE if replayable else 0
-        )
+        frame._head = _HEAD.pack(len(after), _REPLAYABLE if replayable else _NOT_REPLAYABLE)
         self._enqueue(shard, frame)
         return frame
 
@@ -1047,7 +1094,8 @@ class RedisBroker(Broker):
 
     def _prepare(self, shard: _Shard) -> list[_Call]:
         """Take up to :data:`WRITE_BATCH` writes off the queue as script calls: one per
-        execution (split at an end), in queue order per execution."""
+        execution (split at an end, or past :data:`MAX_PREFIXES` frame types), in queue order
+        per execution."""
         queue = shard.queue
         take = min(WRITE_BATCH, len(queue))
         calls: list[_Call] = []
@@ -1065,7 +1113,10 @@ class RedisBroker(Broker):
             call = open_calls.get(execution_id)
             if call is None:
                 call = open_calls[execution_id] = _Call(execution_id, next(self._call_ids))
-            call.writes.append(write)
+            if not call.add(write):  # too many frame types in one call: start another
+                calls.append(call)
+                call = open_calls[execution_id] = _Call(execution_id, next(self._call_ids))
+                call.add(write)
             if type(write) is _OutgoingFrame:
                 frames += 1
         calls.extend(open_calls.values())
@@ -1175,6 +1226,8 @@ class RedisBroker(Broker):
                 "",
                 "",
                 self._unread_floor(execution_id),
+                call.which,
+                *call.prefixes,
             )
             if call.op != "-":
                 registry.append((call.op, execution_id))
@@ -1456,7 +1509,7 @@ class RedisBroker(Broker):
             sequence = _sequence(entry_id)
             if sequence <= reading.cursor:
                 continue
-            frame = _StoredFrame(execution_id, sequence, fields[1], len(fields) < 6)
+            frame = _StoredFrame(execution_id, sequence, fields[1], len(fields) < 4)
             self._fan_out(reading, sequence, frame)
         self._remember(execution_id, reading.cursor)
 
@@ -1516,13 +1569,13 @@ class RedisBroker(Broker):
                 if sequence <= position:
                     continue
                 if not fresh:
-                    if int(fields[3]) < cutoff:
+                    if _published_ms(fields[1]) < cutoff:
                         continue  # too old: part of the gap announced before the next frame
                     fresh = True
                 if sequence > position + 1:
                     listener(self._gap(execution_id, position + 1, sequence - 1))
                 position = sequence
-                if len(fields) < 6 and not sub.closed:
+                if len(fields) < 4 and not sub.closed:
                     listener(_StoredFrame(execution_id, sequence, fields[1], True))
             if len(entries) < REPLAY_PAGE:
                 if entries and not fresh:  # everything retained was too old
@@ -1560,7 +1613,7 @@ class RedisBroker(Broker):
                 if sequence > sub.after + 1:
                     listener(self._gap(execution_id, sub.after + 1, sequence - 1))
                 sub.after = sequence
-                listener(_StoredFrame(execution_id, sequence, fields[1], len(fields) < 6))
+                listener(_StoredFrame(execution_id, sequence, fields[1], len(fields) < 4))
 
     # ------------------------------------------------------------------ leases
     async def _lease_loop(self) -> None:
@@ -1633,7 +1686,7 @@ class RedisBroker(Broker):
         encoded = encode_frame("status", execution_id, 0, timestamp, payload)
         cut = encoded.index(b'"sequence":0') + 11
         before, after = encoded[:cut], encoded[cut + 1 :]
-        head = _HEAD.pack(len(before), len(after), b"%013d" % (now.timestamp() * 1000), _REPLAYABLE)
+        head = _HEAD.pack(len(after), _REPLAYABLE)
         options = self.options
         result = await shard.evalsha(
             "append",
@@ -1649,7 +1702,7 @@ class RedisBroker(Broker):
                 1,
                 1,
                 head,
-                before + after,
+                after,
                 options.replay_max_frames,
                 options.replay_max_age_ms,
                 options.retention_after_end_ms,
@@ -1660,6 +1713,8 @@ class RedisBroker(Broker):
                 orjson.dumps(error),
                 timestamp,
                 -1,
+                b"\x01",
+                before,
             ],
         )
         result = int(result)
