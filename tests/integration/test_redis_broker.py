@@ -471,3 +471,31 @@ async def test_last_sequence_answers_from_redis_for_an_execution_this_process_ne
     assert other.last_sequence("seen-elsewhere") == 7  # asked from Redis
     assert await other.fetch_last_sequence("seen-elsewhere") == 7
     assert other.last_sequence("never-published") == 0
+
+
+async def test_numbering_never_falls_behind_the_stream(
+    make_broker: BrokerFactory, redis_url: str
+) -> None:
+    """An execution's counter lost (evicted) or behind its stream: the next frames still come
+    after the stream's last entry, never clash with it."""
+    broker = make_broker()
+    for i in range(5):
+        broker.publish("counter", "token", {"i": i})
+    await broker.flush()
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        await client.delete(broker.meta_key("counter"))
+        other = make_broker()  # knows nothing of the execution
+        assert (await other.flush()) is None
+        sixth = other.publish("counter", "token", {"i": 5})
+        await other.flush()
+        assert sixth.sequence == 6
+        await client.hset(broker.meta_key("counter"), "seq", 2)
+        seventh = other.publish("counter", "token", {"i": 6})
+        await other.flush()
+        assert seventh.sequence == 7
+    finally:
+        await client.aclose()
+    seen = Collector()
+    await broker.subscribe("counter", seen, last_sequence=0)
+    assert [f.payload["i"] for f in seen.frames] == list(range(7))

@@ -202,17 +202,18 @@ elseif m[1] then
 end
 local count = tonumber(ARGV[3])
 local last = redis.call('HINCRBY', KEYS[2], 'seq', count)
-if last == count then
-  local base = tonumber(ARGV[11])
-  local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-  if top[1] then
-    local s = tonumber(string.match(top[1][1], '^(%d+)'))
-    if s > base then base = s end
-  end
-  if base > 0 then
-    last = base + count
-    redis.call('HSET', KEYS[2], 'seq', last)
-  end
+-- The counter never falls behind the stream (lost meta) nor, when it starts afresh, behind what
+-- the caller knows (a Redis restarted without its data).
+local base = last - count
+if base == 0 then base = tonumber(ARGV[11]) end
+local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if top[1] then
+  local s = tonumber(string.match(top[1][1], '^(%d+)'))
+  if s > base then base = s end
+end
+if base ~= last - count then
+  last = base + count
+  redis.call('HSET', KEYS[2], 'seq', last)
 end
 local first = last - count + 1
 local seq = first - 1
