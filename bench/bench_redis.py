@@ -10,18 +10,25 @@
   Goal ``>=1.4``: a second process adds write capacity (Redis runs on the same 2 cores, so ~1.5
   is the ceiling here).
 
-Needs a Redis at ``REDIS_URL`` (default ``redis://127.0.0.1:6379/0``); without one the rows are
-skipped with a message on stderr.
+Redis: a private ``redis-server`` (no persistence, on a free port, stopped afterwards) when the
+binary is installed, so that other clients of the machine's Redis do not queue ahead of ours;
+else ``REDIS_URL`` (default ``redis://127.0.0.1:6379/0``); without either the rows are skipped
+with a message on stderr.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from common import Row, interleaved_medians, row
@@ -125,11 +132,43 @@ def _processes(count: int, frames: int) -> float:
     return count * frames / max(durations)
 
 
-def _redis_answers() -> bool:
+@contextlib.contextmanager
+def _private_redis() -> Iterator[str | None]:
+    """A private ``redis-server`` for the run: its URL, or None when none can be started."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        yield None
+        return
+    for _ in range(3):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        log = tempfile.TemporaryFile()
+        process = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+             "no"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        url = f"redis://127.0.0.1:{port}/0"
+        deadline = time.monotonic() + 10
+        while process.poll() is None and time.monotonic() < deadline and not _answers(url):
+            time.sleep(0.05)
+        try:
+            if process.poll() is None and _answers(url):
+                yield url
+                return
+        finally:
+            process.kill()
+            process.wait(10)
+            log.close()
+    yield None
+
+
+def _answers(url: str) -> bool:
     try:
         import redis
 
-        client = redis.Redis.from_url(URL, socket_connect_timeout=0.5, socket_timeout=0.5)
+        client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
         try:
             return bool(client.ping())
         finally:
@@ -139,9 +178,17 @@ def _redis_answers() -> bool:
 
 
 def run(quick: bool = False) -> list[Row]:
-    if not _redis_answers():
-        print(f"bench_redis: no Redis at {URL}; skipped", file=sys.stderr)
-        return []
+    global URL
+    with _private_redis() as private:
+        if private is not None:
+            URL = os.environ["REDIS_URL"] = private  # the child processes read it too
+        elif not _answers(URL):
+            print(f"bench_redis: no Redis at {URL}; skipped", file=sys.stderr)
+            return []
+        return _rows(quick)
+
+
+def _rows(quick: bool) -> list[Row]:
     frames = 5_000 if quick else 40_000
     repeats = 1 if quick else 5
     redis_rate, memory_rate = interleaved_medians(
