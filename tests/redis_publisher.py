@@ -37,8 +37,8 @@ async def main(args: argparse.Namespace) -> None:
     last = None
     for i in range(args.frames):
         last = broker.publish(args.execution, "token", {"i": i})
-        if i % 500 == 499:
-            await asyncio.sleep(0)
+        if i % args.every == args.every - 1:
+            await asyncio.sleep(0)  # the writer takes what is queued: calls of ~this many
     await broker.flush()
     print(f"published {last.sequence if last is not None else 0}", flush=True)
     if args.hold:
@@ -57,4 +57,5 @@ if __name__ == "__main__":
     parser.add_argument("--started", action="store_true")
     parser.add_argument("--hold", action="store_true")
     parser.add_argument("--record", default=None)
+    parser.add_argument("--every", type=int, default=500)
     asyncio.run(main(parser.parse_args(sys.argv[1:])))

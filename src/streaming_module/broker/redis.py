@@ -108,7 +108,7 @@ import struct
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -140,11 +140,13 @@ WRITE_BATCH = 512
 """Frames taken from the queue per round trip; one script call per execution among them, so a
 call never carries more than this (other clients of Redis are not held up for long)."""
 
-READ_COUNT = 1024
-"""Entries per stream per ``XREAD`` (more gains nothing measurable)."""
+READ_COUNT = 64
+"""Stream entries per stream per bulk ``XREAD``: each is one written call, up to
+:data:`WRITE_BATCH` frames."""
 
-REPLAY_PAGE = 1000
-"""Entries per ``XRANGE`` page during a replay."""
+REPLAY_PAGE = 16
+"""Stream entries (written calls, up to :data:`WRITE_BATCH` frames each) per ``XRANGE`` page
+during a replay."""
 
 LEASE_SCAN = 100
 """Expired-lease candidates examined per server per look."""
@@ -178,9 +180,10 @@ _NOT_REPLAYABLE, _REPLAYABLE, _HOLE = 0, 1, 2
 # lost producer's run), 13 lease ms, 14 run error JSON (claim), 15 timestamp (claim), 16 the last
 # sequence this process's subscribers have (-1: none): trimming keeps the frames of others they
 # have yet to read (theirs come from the writer), up to twice maxlen, 17 prefix index per item
-# (one byte each), 18... the distinct JSON prefixes (before the sequence).
-# Returns the first sequence used; 0 for a claim that is no longer needed (a final status was
-# written); -pttl for a claim whose lease is still alive.
+# (one byte each), 18 the distinct JSON prefixes (before the sequence), joined by newlines.
+# The call becomes one stream entry, its id the last sequence used; the frames are not touched
+# here (readers put each one's sequence in). Returns the first sequence used; 0 for a claim that
+# is no longer needed (a final status was written); -pttl for a claim whose lease is alive.
 _APPEND_LUA = """
 local op = ARGV[12]
 local wf = 'w:' .. ARGV[1]
@@ -202,46 +205,44 @@ elseif m[1] then
 end
 local count = tonumber(ARGV[3])
 local last = redis.call('HINCRBY', KEYS[2], 'seq', count)
--- The counter never falls behind the stream (lost meta) nor, when it starts afresh, behind what
--- the caller knows (a Redis restarted without its data).
-local base = last - count
-if base == 0 then base = tonumber(ARGV[11]) end
-local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-if top[1] then
-  local s = tonumber(string.match(top[1][1], '^(%d+)'))
-  if s > base then base = s end
-end
-if base ~= last - count then
-  last = base + count
-  redis.call('HSET', KEYS[2], 'seq', last)
-end
-local first = last - count + 1
-local seq = first - 1
-local heads, data, which = ARGV[5], ARGV[6], ARGV[17]
-local hp, dp = 1, 1
-for i = 1, tonumber(ARGV[4]) do
-  local la, kind
-  la, kind, hp = struct.unpack('>IB', heads, hp)
-  if kind == 2 then
-    seq = seq + la
-  else
-    seq = seq + 1
-    local s = string.format('%d', seq)
-    local f = ARGV[17 + string.byte(which, i)] .. s .. string.sub(data, dp, dp + la - 1)
-    dp = dp + la
-    if kind == 1 then
-      redis.call('XADD', KEYS[1], s, 'f', f)
-    else
-      redis.call('XADD', KEYS[1], s, 'f', f, 'r', '0')
-    end
+if last == count then
+  -- A counter starting afresh continues after the stream (a lost meta hash) and after what the
+  -- caller knows (a Redis restarted without its data).
+  local base = tonumber(ARGV[11])
+  local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+  if top[1] then
+    local s = tonumber(string.match(top[1][1], '^(%d+)'))
+    if s > base then base = s end
+  end
+  if base > 0 then
+    last = base + count
+    redis.call('HSET', KEYS[2], 'seq', last)
   end
 end
+local function append()
+  return redis.pcall('XADD', KEYS[1], string.format('%d', last), 'n', count, 'h', ARGV[5],
+    'd', ARGV[6], 'w', ARGV[17], 'p', ARGV[18])
+end
+local added = append()
+if type(added) == 'table' and added.err then
+  -- The counter was behind the stream (a stale meta hash): continue after the stream.
+  local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+  if not top[1] then return redis.error_reply(added.err) end
+  last = tonumber(string.match(top[1][1], '^(%d+)')) + count
+  redis.call('HSET', KEYS[2], 'seq', last)
+  added = append()
+  if type(added) == 'table' and added.err then return redis.error_reply(added.err) end
+end
+local first = last - count + 1
+-- Keep every entry holding one of the last maxlen sequences (readers hide the older frames of
+-- the oldest entry); or, up to twice maxlen, what this process's subscribers have yet to read.
 local maxlen, keep = tonumber(ARGV[7]), tonumber(ARGV[16])
-if keep >= 0 and keep < first - 1 and last - maxlen > keep then
-  local minid = math.max(keep + 1, last - 2 * maxlen + 1)
-  redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d-0', minid))
-else
-  redis.call('XTRIM', KEYS[1], 'MAXLEN', maxlen)
+local minid = last - maxlen + 1
+if keep >= 0 and keep < first - 1 and keep + 1 < minid then
+  minid = math.max(keep + 1, last - 2 * maxlen + 1)
+end
+if minid > 1 then
+  redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d', minid))
 end
 local ttl = tonumber(ARGV[8])
 if m[2] or op == 'c' then ttl = tonumber(ARGV[9]) end
@@ -356,6 +357,33 @@ def _published_ms(data: bytes) -> float:
         return datetime.fromisoformat(text).timestamp() * 1000
     except ValueError:
         return math.inf
+
+
+def _entry_frames(
+    entry_id: bytes, fields: list[Any], after: int
+) -> Iterator[tuple[int, bytes, bool]]:
+    """The frames of a stream entry (one written call) numbered above ``after``, as
+    ``(sequence, exact JSON bytes, replayable)``: each frame's JSON is its type's prefix, its
+    sequence and its tail. Holes (refused frames) only advance the numbering."""
+    # Fields, in the order the script writes them: n, h, d, w, p.
+    last = _sequence(entry_id)
+    sequence = last - int(fields[1])
+    heads, data, which = fields[3], fields[5], fields[7]
+    prefixes = fields[9].split(b"\n")
+    offset = 0
+    for index, (length, kind) in zip(which, _HEAD.iter_unpack(heads), strict=True):
+        if kind == _HOLE:
+            sequence += length
+            continue
+        sequence += 1
+        if sequence > after:
+            prefix = prefixes[index - 1]
+            yield (
+                sequence,
+                b"%s%d%s" % (prefix, sequence, data[offset : offset + length]),
+                bool(kind),
+            )
+        offset += length
 
 
 def _streams(response: Any) -> Iterable[tuple[bytes, list[Any]]]:
@@ -1228,7 +1256,7 @@ class RedisBroker(Broker):
                 "",
                 self._unread_floor(execution_id),
                 call.which,
-                *call.prefixes,
+                b"\n".join(call.prefixes),
             )
             if call.op != "-":
                 registry.append((call.op, execution_id))
@@ -1507,11 +1535,12 @@ class RedisBroker(Broker):
             return  # all delivered already (our own frames, handed over by the writer)
         execution_id = reading.execution_id
         for entry_id, fields in entries:
-            sequence = _sequence(entry_id)
-            if sequence <= reading.cursor:
+            if _sequence(entry_id) <= reading.cursor:
                 continue
-            frame = _StoredFrame(execution_id, sequence, fields[1], len(fields) < 4)
-            self._fan_out(reading, sequence, frame)
+            for sequence, data, replayable in _entry_frames(entry_id, fields, reading.cursor):
+                self._fan_out(
+                    reading, sequence, _StoredFrame(execution_id, sequence, data, replayable)
+                )
         self._remember(execution_id, reading.cursor)
 
     def _fan_out(self, reading: _Reading, sequence: int, frame: Frame) -> None:
@@ -1539,57 +1568,46 @@ class RedisBroker(Broker):
     # ------------------------------------------------------------------ replay
     async def _replay(self, reading: _Reading, sub: _RedisSubscription, after: int) -> None:
         """Deliver the retained frames after ``after`` (a gap for every hole), then catch up
-        with the reader; returns with ``sub.after`` at or past ``reading.cursor``."""
+        with the reader; returns with ``sub.after`` at or past ``reading.cursor``.
+
+        Retained: among the execution's last ``replay_max_frames`` sequences (the oldest stream
+        entry may hold older frames: they count as trimmed), and not older than
+        ``replay_max_age_ms``."""
         execution_id = reading.execution_id
         shard = reading.shard
         key = reading.key
         cutoff = self._clock.now().timestamp() * 1000 - self.options.replay_max_age_ms
         listener = sub.listener
+        value = await shard.client.hget(shard.meta_key(execution_id), "seq")
+        top = int(value) if value is not None else 0
+        trimmed = max(0, top - self.options.replay_max_frames)  # sequences the log has dropped
         position = after  # the last sequence accounted for (delivered, skipped or announced)
         fresh = False  # past the frames too old to replay
+        last = after  # the last sequence seen in the stream
         while True:
             entries: Any = await _command(
-                shard.client,
-                "XRANGE",
-                key,
-                b"(%d-0" % position if position else b"-",
-                b"+",
-                "COUNT",
-                REPLAY_PAGE,
+                shard.client, "XRANGE", key, b"(%d" % position, b"+", "COUNT", REPLAY_PAGE
             )
-            if not entries and position == after:
-                # Nothing retained: the counter tells what was lost.
-                value = await shard.client.hget(shard.meta_key(execution_id), "seq")
-                missing = int(value) if value is not None else 0
-                if missing > position:
-                    listener(self._gap(execution_id, position + 1, missing))
-                    position = missing
-                break
             for entry_id, fields in entries:
-                sequence = _sequence(entry_id)
-                if sequence <= position:
-                    continue
-                if not fresh:
-                    if _published_ms(fields[1]) < cutoff:
-                        continue  # too old: part of the gap announced before the next frame
-                    fresh = True
-                if sequence > position + 1:
-                    listener(self._gap(execution_id, position + 1, sequence - 1))
-                position = sequence
-                if len(fields) < 4 and not sub.closed:
-                    listener(_StoredFrame(execution_id, sequence, fields[1], True))
-            if len(entries) < REPLAY_PAGE:
-                if entries and not fresh:  # everything retained was too old
-                    last = _sequence(entries[-1][0])
-                    if last > position:
-                        listener(self._gap(execution_id, position + 1, last))
-                        position = last
-                break
-            if not fresh:  # a full page of old frames: continue after it
-                last = _sequence(entries[-1][0])
-                if last > position:
+                for sequence, data, replayable in _entry_frames(entry_id, fields, position):
+                    last = sequence
+                    if not fresh:
+                        if sequence <= trimmed or _published_ms(data) < cutoff:
+                            continue  # gone: part of the gap announced before the next frame
+                        fresh = True
+                    if sequence > position + 1:
+                        listener(self._gap(execution_id, position + 1, sequence - 1))
+                    position = sequence
+                    if replayable and not sub.closed:
+                        listener(_StoredFrame(execution_id, sequence, data, True))
+                if not fresh and last > position:  # a whole entry of gone frames
                     listener(self._gap(execution_id, position + 1, last))
                     position = last
+            if len(entries) < REPLAY_PAGE:
+                break
+        if top > position:  # nothing retained up to the counter: the numbering tells the loss
+            listener(self._gap(execution_id, position + 1, top))
+            position = top
         sub.after = max(position, after)
         # Catch up with what the reader delivered meanwhile (live frames, non-replayable too).
         while sub.after < reading.cursor and not sub.closed:
@@ -1597,8 +1615,8 @@ class RedisBroker(Broker):
                 shard.client,
                 "XRANGE",
                 key,
-                b"(%d-0" % sub.after,
-                b"%d-0" % reading.cursor,
+                b"(%d" % sub.after,
+                b"%d" % reading.cursor,
                 "COUNT",
                 REPLAY_PAGE,
             )
@@ -1608,13 +1626,11 @@ class RedisBroker(Broker):
                 sub.after = reading.cursor
                 break
             for entry_id, fields in live:
-                sequence = _sequence(entry_id)
-                if sequence <= sub.after:
-                    continue
-                if sequence > sub.after + 1:
-                    listener(self._gap(execution_id, sub.after + 1, sequence - 1))
-                sub.after = sequence
-                listener(_StoredFrame(execution_id, sequence, fields[1], len(fields) < 4))
+                for sequence, data, replayable in _entry_frames(entry_id, fields, sub.after):
+                    if sequence > sub.after + 1:
+                        listener(self._gap(execution_id, sub.after + 1, sequence - 1))
+                    sub.after = sequence
+                    listener(_StoredFrame(execution_id, sequence, data, replayable))
 
     # ------------------------------------------------------------------ leases
     async def _lease_loop(self) -> None:
