@@ -3,12 +3,17 @@
 Key layout (``p`` is ``BrokerOptions.key_prefix``, ``E`` an execution id; ``{E}`` is a Redis Cluster
 hash tag, so an execution's keys share one slot):
 
-- ``p:exec:{E}`` — a Redis stream, one entry per frame. The entry id *is* the sequence
-  (``<sequence>-0``), so a resume after ``N`` is ``XRANGE p:exec:{E} (N-0 +``. Fields: ``f`` the
-  encoded JSON frame (sequence included, exactly the bytes clients are sent; its ``timestamp``
-  serves the replay age bound), ``r`` = ``0`` on non-replayable frames.
-  Trimmed *exactly* to ``replay_max_frames`` once per written batch (``XTRIM MAXLEN n``; see
-  *No silent skip* for the one exception).
+- ``p:exec:{E}`` — a Redis stream, one entry per written call (up to :data:`WRITE_BATCH`
+  frames of one execution). The entry id is the call's *last* sequence (``<sequence>-0``), so the
+  entries holding the frames after ``N`` are ``XRANGE p:exec:{E} (N +``. Fields: ``n`` how many
+  sequences the call used; ``p`` the distinct JSON prefixes of its frames
+  (``{"type":...,"executionId":...,"sequence":``, one per frame type, newline-separated);
+  ``w`` one byte per frame: which prefix; ``d`` the JSON after each frame's sequence,
+  concatenated; ``h`` per frame that length and the kind (replayable, at-most-once, or a hole of
+  refused frames). A reader rebuilds every frame's exact bytes — prefix, sequence, tail — without
+  decoding any JSON; Redis does no per-frame work at all. Trimmed once per call to the entries
+  holding the last ``replay_max_frames`` sequences (``XTRIM MINID``); the oldest entry may hold a
+  few older frames, which a replay treats as trimmed (see *No silent skip* for the one exception).
 - ``p:exec:{E}:meta`` — a hash: ``seq`` the execution's last sequence, ``ended`` once
   :meth:`~RedisBroker.end_execution` ran, ``final`` once a final status was written,
   ``w:<writer>`` the last script call each broker instance applied (for idempotent retries).
@@ -32,7 +37,7 @@ returns the :class:`Frame` with ``sequence`` 0. One writer task per server drain
 order, up to :data:`WRITE_BATCH` frames per round trip, with **one script call per execution per
 batch**: the frames travel as a few blob arguments (a packed header per frame, the JSON after
 each sequence, and once each the distinct JSON before it, i.e. one per frame type), the script
-does one ``HINCRBY seq n``, one ``XADD`` per frame, one exact ``XTRIM`` and the expiries.
+does one ``HINCRBY seq n``, one ``XADD`` of the whole call, one ``XTRIM`` and the expiries.
 Sequence numbers therefore rise by one per execution over every frame, across processes; one
 process's frames keep their order (a run's final status stays its last frame); frames of
 different processes interleave in the order Redis received them. ``await flush()`` returns
@@ -43,19 +48,19 @@ Delivery. A local subscriber does not wait for its own process's frames to come 
 once the writer has Redis's answer, the frames are delivered to this process's subscribers at
 once, when they directly follow what those subscribers already have. Everything else (frames of
 other processes, or ours when others' frames came in between) comes from one reader task per
-server running a blocking ``XREAD`` over every execution with local subscribers: ``COUNT 1024``,
-or ``COUNT 1`` (a mere wake-up) after a wake that brought only this process's own frames, so
-those are not read back and decoded a second time; a stream with more is then drained with
-non-blocking ``XREAD COUNT 1024``. The reader fans out the stored bytes without decoding them:
-a frame's payload is decoded only if something reads it (the WebSocket path does not).
+server running a blocking ``XREAD`` over every execution with local subscribers:
+``COUNT`` :data:`READ_COUNT` entries, or ``COUNT 1`` (a mere wake-up) after a wake that brought
+only this process's own frames, so those are not read back a second time; a stream with more
+is then drained without blocking. The reader fans out frames without decoding them: a frame's
+payload is decoded only if something reads it (the WebSocket path does not).
 Timestamps are taken to the millisecond (one clock reading per millisecond of publishing).
 
 No silent skip. A reader that finds its next frames gone from the stream (trimmed by
 ``replay_max_frames`` before it could read them, refused under load, or lost by a Redis restart)
 delivers a ``gap`` ``{"from", "to"}`` and continues; a replay does the same for every hole. A
 process's own writes never trim other processes' frames its own subscribers have yet to read:
-the script then trims to what they still need (``XTRIM MINID``) instead of the exact bound, so
-the log may briefly hold up to twice ``replay_max_frames``.
+the script then keeps what they still need, so the log may briefly hold up to twice
+``replay_max_frames``.
 
 Full policy. The FIFO holds at most ``max_pending_frames`` frames (each costs its JSON plus
 ~300 bytes). Past it — Redis slow or unreachable for long — ``publish`` raises
