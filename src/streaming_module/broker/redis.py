@@ -646,6 +646,8 @@ class _Shard:
         self.enqueued = 0
         self.written = 0
         self.work = asyncio.Event()
+        self.idle = False
+        """The writer waits for ``work`` (set it when queueing)."""
         self.progress = asyncio.Event()
         self.last_error: BaseException | None = None
         self.writer: asyncio.Task[None] | None = None
@@ -739,6 +741,7 @@ class RedisBroker(Broker):
             )
             for i, url in enumerate(urls)
         ]
+        self._only = self._shards[0] if len(self._shards) == 1 else None
         self.url = ", ".join(shard.url for shard in self._shards)
         """The server URL(s), passwords masked."""
         self._call_ids = itertools.count(1)
@@ -803,7 +806,7 @@ class RedisBroker(Broker):
             op = "r" if status in FINAL_STATUSES else "a"
         elif self._pending >= self._max_pending:
             self._refuse(execution_id)
-        shard = self._shard(execution_id)
+        shard = self._only or self._shard(execution_id)
         clock = self._clock
         now = clock.monotonic()
         if not 0 <= now - self._stamped_at < 0.001:  # timestamps to the millisecond
@@ -832,7 +835,14 @@ class RedisBroker(Broker):
                 hole = _HEAD.pack(holes, _HOLE)
                 self._enqueue(shard, _Marker(execution_id, "hole", hole))
         frame._head = _HEAD.pack(len(after), _REPLAYABLE if replayable else _NOT_REPLAYABLE)
-        self._enqueue(shard, frame)
+        shard.queue.append(frame)  # what _enqueue does, inlined on the hot path
+        shard.enqueued += 1
+        self._pending += 1
+        if shard.idle:
+            shard.idle = False
+            shard.work.set()
+        elif shard.writer is None:
+            self._activate(shard)
         return frame
 
     def _refuse(self, execution_id: str) -> None:
@@ -1107,8 +1117,10 @@ class RedisBroker(Broker):
         shard.enqueued += 1
         if type(write) is _OutgoingFrame:
             self._pending += 1
-        shard.work.set()
-        if shard.writer is None:
+        if shard.idle:
+            shard.idle = False
+            shard.work.set()
+        elif shard.writer is None:
             self._activate(shard)
 
     def _activate(self, shard: _Shard) -> None:
@@ -1123,8 +1135,25 @@ class RedisBroker(Broker):
             shard.writer = loop.create_task(
                 self._write_loop(shard), name=f"redis-broker-writer-{shard.index}"
             )
+            shard.writer.add_done_callback(self._task_ended)
         if self._lease_task is None:
             self._lease_task = loop.create_task(self._lease_loop(), name="redis-broker-leases")
+            self._lease_task.add_done_callback(self._task_ended)
+
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        """A writer or the lease task stopped: log why unless the broker closed, and let the
+        next publish or subscribe start it again."""
+        if self._closed or task.cancelled():
+            return
+        logger.error("%s stopped: %r; restarting it", task.get_name(), task.exception())
+        if task is self._lease_task:
+            self._lease_task = None
+            self._activate(self._shards[0])
+        for shard in self._shards:
+            if task is shard.writer:
+                shard.writer = None
+                shard.idle = False
+                self._activate(shard)
 
     def _prepare(self, shard: _Shard) -> list[_Call]:
         """Take up to :data:`WRITE_BATCH` writes off the queue as script calls: one per
@@ -1166,7 +1195,9 @@ class RedisBroker(Broker):
             if shard.inflight is None:
                 if not shard.queue:
                     shard.work.clear()
+                    shard.idle = True
                     await shard.work.wait()
+                    shard.idle = False
                     continue
                 shard.inflight = self._prepare(shard)
             calls = shard.inflight
