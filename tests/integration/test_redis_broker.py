@@ -498,3 +498,25 @@ async def test_numbering_never_falls_behind_the_stream(
     seen = Collector()
     await broker.subscribe("counter", seen, last_sequence=0)
     assert [f.payload["i"] for f in seen.frames] == list(range(7))
+
+
+async def test_a_writer_that_dies_of_a_bug_is_restarted_and_loses_nothing(
+    make_broker: BrokerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = make_broker()
+    write = broker._write
+    failures = [RuntimeError("a bug")]
+
+    async def flaky(shard: Any, calls: Any) -> Any:
+        if failures:
+            raise failures.pop()
+        return await write(shard, calls)
+
+    broker._write = flaky  # type: ignore[method-assign]
+    seen = Collector()
+    await broker.subscribe("bug", seen)
+    for i in range(10):
+        broker.publish("bug", "token", {"i": i})
+    await broker.flush()
+    assert [f.payload["i"] for f in await seen.until(10)] == list(range(10))
+    assert "redis-broker-writer-0 stopped: RuntimeError('a bug')" in caplog.text
