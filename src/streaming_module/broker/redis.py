@@ -1776,7 +1776,6 @@ class RedisBroker(Broker):
                 shard.leases_key, {execution_id: int(time.time() * 1000) - result}, xx=True
             )
             return
-        await shard.client.zrem(shard.leases_key, execution_id)
         if result > 0:
             self.producers_lost += 1
             self._remember(execution_id, result)
@@ -1786,6 +1785,7 @@ class RedisBroker(Broker):
                 execution_id,
                 result,
             )
+        await shard.client.zrem(shard.leases_key, execution_id)
 
     # ------------------------------------------------------------------ bookkeeping
     def _remove(self, sub: _RedisSubscription) -> None:
