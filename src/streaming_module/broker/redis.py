@@ -34,10 +34,11 @@ connection pool in every process.
 Sequencing and the write path. :meth:`~RedisBroker.publish` is synchronous and never blocks: it
 encodes the frame once (split around its sequence number), puts it in a bounded local FIFO and
 returns the :class:`Frame` with ``sequence`` 0. One writer task per server drains the FIFO in
-order, up to :data:`WRITE_BATCH` frames per round trip, with **one script call per execution per
-batch**: the frames travel as a few blob arguments (a packed header per frame, the JSON after
-each sequence, and once each the distinct JSON before it, i.e. one per frame type), the script
-does one ``HINCRBY seq n``, one ``XADD`` of the whole call, one ``XTRIM`` and the expiries.
+order, up to :data:`WRITE_ROUND` frames per round trip, with **one script call per execution per
+batch** of at most :data:`WRITE_BATCH` frames: the frames travel as a few blob arguments (a
+packed header per frame, the JSON after each sequence, and once each the distinct JSON before
+it, i.e. one per frame type), the script does one ``HINCRBY seq n``, one ``XADD`` of the whole
+call, one ``XTRIM`` and the expiries.
 Sequence numbers therefore rise by one per execution over every frame, across processes; one
 process's frames keep their order (a run's final status stays its last frame); frames of
 different processes interleave in the order Redis received them. ``await flush()`` returns
@@ -142,8 +143,12 @@ from streaming_module.types import FINAL_STATUSES
 logger = logging.getLogger("streaming_module.broker.redis")
 
 WRITE_BATCH = 512
-"""Frames taken from the queue per round trip; one script call per execution among them, so a
-call never carries more than this (other clients of Redis are not held up for long)."""
+"""Most frames in one script call (one execution's): a call stays short, so other clients of
+Redis are not held up for long."""
+
+WRITE_ROUND = 8192
+"""Most frames taken from the queue per round trip (a pipeline of script calls): a backlog
+drains in few round trips."""
 
 READ_COUNT = 64
 """Stream entries per stream per bulk ``XREAD``: each is one written call, up to
@@ -1156,11 +1161,11 @@ class RedisBroker(Broker):
                 self._activate(shard)
 
     def _prepare(self, shard: _Shard) -> list[_Call]:
-        """Take up to :data:`WRITE_BATCH` writes off the queue as script calls: one per
-        execution (split at an end, or past :data:`MAX_PREFIXES` frame types), in queue order
-        per execution."""
+        """Take up to :data:`WRITE_ROUND` writes off the queue as script calls: one per
+        execution and :data:`WRITE_BATCH` frames (split at an end, or past
+        :data:`MAX_PREFIXES` frame types), in queue order per execution."""
         queue = shard.queue
-        take = min(WRITE_BATCH, len(queue))
+        take = min(WRITE_ROUND, len(queue))
         calls: list[_Call] = []
         open_calls: dict[str, _Call] = {}
         frames = 0
@@ -1176,8 +1181,8 @@ class RedisBroker(Broker):
             call = open_calls.get(execution_id)
             if call is None:
                 call = open_calls[execution_id] = _Call(execution_id, next(self._call_ids))
-            if not call.add(write):  # too many frame types in one call: start another
-                calls.append(call)
+            if len(call.writes) >= WRITE_BATCH or not call.add(write):
+                calls.append(call)  # full (or too many frame types): start another
                 call = open_calls[execution_id] = _Call(execution_id, next(self._call_ids))
                 call.add(write)
             if type(write) is _OutgoingFrame:
