@@ -1433,11 +1433,11 @@ class RedisBroker(Broker):
         """Block on ``XREAD`` over the shard's read executions and fan out what comes.
 
         A process's own frames reach its subscribers from the writer, so reading them back
-        would be wasted work (parsing, allocation, the collector). The blocking read therefore
-        asks for a single entry per stream (``COUNT 1``, a wake-up) after a wake that brought
-        only this process's frames, and for :data:`READ_COUNT` after one that brought others'
-        frames; a stream that yields new frames is then read in bulk (``COUNT 1024``, without
-        blocking) until it is drained."""
+        would be wasted work. The blocking read therefore asks for a single entry per stream
+        (``COUNT 1``, a wake-up) after a wake that brought only this process's frames, and for
+        :data:`READ_COUNT` after one that brought others' frames; a stream that yields new
+        frames is then read in bulk (:data:`READ_COUNT` entries, without blocking) until it is
+        drained. Entries whose frames this process already delivered are skipped unparsed."""
         backoff = BACKOFF_MIN
         wake_key = shard.wake_key.encode()
         count = READ_COUNT
