@@ -116,8 +116,11 @@ def _secret(value: str) -> str:
 def _redis_url(value: str) -> str:
     # Only the scheme, so a typo fails here with exit status 2; the broker checks the rest.
     if value.partition("://")[0].lower() not in ("redis", "rediss", "unix"):
+        from streaming_module.config import mask_url
+
         raise argparse.ArgumentTypeError(
-            f"not a Redis URL: {value!r} (e.g. redis://127.0.0.1:6379/0, rediss:// or unix://)"
+            f"not a Redis URL: {mask_url(value)!r} (e.g. redis://127.0.0.1:6379/0, rediss:// or "
+            "unix://)"
         )
     return value
 
@@ -203,8 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
         "the page's URL with a fresh ?token= is printed on start",
     )  # fmt: skip
     demo.add_argument(
-        "--redis-url", default=None, type=_redis_url, metavar="URL",
-        help="keep and fan out frames in Redis (e.g. redis://127.0.0.1:6379/0) instead of memory",
+        "--redis-url", action="append", dest="redis_url", default=None, type=_redis_url,
+        metavar="URL",
+        help="keep and fan out frames in Redis (e.g. redis://127.0.0.1:6379/0) instead of memory; "
+        "repeat to spread executions over several servers (same list on every process)",
     )  # fmt: skip
 
     serve = commands.add_parser(

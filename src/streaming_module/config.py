@@ -15,6 +15,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypeVar, get_args
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
     AliasChoices,
@@ -425,11 +426,34 @@ class WebSocketOptions(OptionsModel):
     )
 
 
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``, safe to log and show."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "<unparsable url>"
+    if password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
 class BrokerOptions(OptionsModel):
     """Where frames for an execution are kept (replay log) and fanned out."""
 
     backend: Literal["memory", "redis"] = "memory"
-    redis_url: str | None = None
+    redis_url: str | list[str] | None = Field(
+        default=None,
+        description="One Redis URL, or a list of them: executions are spread over the servers "
+        "by a stable hash of their id (every process must list the same URLs in the same order).",
+    )
     replay_max_frames: int = Field(
         default=10000, ge=1, description="Frames kept per execution for resume."
     )
@@ -443,12 +467,56 @@ class BrokerOptions(OptionsModel):
         default=10000, ge=1, description="Executions kept in memory; oldest ended evicted first."
     )
     key_prefix: str = "streaming_module"
+    producer_lease_ms: int = Field(
+        default=10000,
+        ge=200,
+        description="Redis: a process running a run renews a lease on it; when the lease expires "
+        "without a final status, one process publishes 'failed' with code 'producer_lost'.",
+    )
+    max_pending_frames: int = Field(
+        default=100_000,
+        ge=1,
+        description="Redis: frames a process may hold waiting for Redis; past it publish() "
+        "raises BrokerError and the frame's place becomes a gap (status frames always pass).",
+    )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _urls(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if value is None:
+            return None
+        urls = [value] if isinstance(value, str) else value
+        if isinstance(value, list) and not value:
+            raise ValueError("give at least one Redis URL, e.g. 'redis://127.0.0.1:6379/0'")
+        for url in urls:
+            if not url.startswith(_REDIS_SCHEMES):
+                raise ValueError(
+                    f"{mask_url(url)!r} is not a Redis URL: expected "
+                    "redis://[[user]:password@]host[:port][/db], rediss:// or unix://"
+                )
+        if len(set(urls)) != len(urls):
+            raise ValueError("the same Redis URL is listed twice")
+        return value
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if "{" in value or "}" in value:
+            raise ValueError("key_prefix may not contain '{' or '}' (keys use {execution id} tags)")
+        return value
 
     @model_validator(mode="after")
     def _redis(self) -> BrokerOptions:
         if self.backend == "redis" and not self.redis_url:
             raise ValueError("backend 'redis' needs redis_url, e.g. 'redis://127.0.0.1:6379/0'")
         return self
+
+    @property
+    def redis_urls(self) -> list[str]:
+        """``redis_url`` as a list (empty when unset)."""
+        if self.redis_url is None:
+            return []
+        return [self.redis_url] if isinstance(self.redis_url, str) else list(self.redis_url)
 
 
 class StreamingModuleOptions(OptionsModel):
@@ -471,6 +539,17 @@ class StreamingModuleOptions(OptionsModel):
     )
 
 
+def _masked(value: Any) -> Any:
+    """A rejected input as it may be shown: passwords in URLs masked."""
+    if isinstance(value, str) and "://" in value:
+        return mask_url(value)
+    if isinstance(value, (list, tuple)):
+        return [_masked(item) for item in value]
+    if isinstance(value, Mapping):
+        return {key: _masked(item) for key, item in value.items()}
+    return value
+
+
 def parse_options(model: type[M], value: M | Mapping[str, Any] | None, *, what: str) -> M:
     """Validate ``value`` as ``model``: a model instance passes through, a mapping (snake_case or
     camelCase keys) is validated, ``None`` gives the defaults. Raises :class:`StreamingConfigError`
@@ -489,7 +568,7 @@ def parse_options(model: type[M], value: M | Mapping[str, Any] | None, *, what: 
     try:
         return model.model_validate(dict(value))
     except ValidationError as exc:
-        errors = describe_validation_error(exc)
+        errors = describe_validation_error(exc, show=_masked)
         lines = "\n".join(f"  - {path}: {msg}" for path, msg in errors)
         raise StreamingConfigError(
             f"invalid {what} ({len(errors)} problem{'s' if len(errors) != 1 else ''}):\n{lines}",
@@ -603,6 +682,7 @@ __all__ = [
     "TokenFilterOptions",
     "TokenProcessor",
     "WebSocketOptions",
+    "mask_url",
     "merge_options",
     "parse_duration",
     "parse_options",

@@ -5,7 +5,7 @@ Messages say what failed and how to fix it. Catch :class:`StreamingError` to cat
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from streaming_module.protocol.close_codes import CloseCode
@@ -166,12 +166,14 @@ def describe_validation_error(
     root: str = "(root)",
     limit: int | None = None,
     show_input: bool = True,
+    show: Callable[[Any], Any] | None = None,
 ) -> list[tuple[str, str]]:
     """Every problem pydantic found, as ``(path, message)``: the path dotted (``root`` when the
     problem is the whole value), pydantic's message followed by ``(got <input>)`` when
     ``show_input`` (at most :data:`INPUT_SHOWN_CHARS` characters; never for a missing field),
     and an unknown key of an ``extra="forbid"`` model named with what to do. At most ``limit``
-    problems. Options errors and protocol errors are both worded by it."""
+    problems. ``show`` turns a rejected input into what may be shown (options mask the
+    passwords of URLs). Options errors and protocol errors are both worded by it."""
     out: list[tuple[str, str]] = []
     for err in exc.errors(include_url=False)[:limit]:
         path = ".".join(str(p) for p in err["loc"]) or root
@@ -180,7 +182,7 @@ def describe_validation_error(
         else:
             msg = err["msg"]
             if show_input and "input" in err and err["type"] != "missing":
-                shown = repr(err["input"])
+                shown = repr(err["input"] if show is None else show(err["input"]))
                 if len(shown) > INPUT_SHOWN_CHARS:
                     shown = shown[: INPUT_SHOWN_CHARS - 3] + "..."
                 msg = f"{msg} (got {shown})"

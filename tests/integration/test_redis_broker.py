@@ -1,9 +1,8 @@
 """RedisBroker against a real Redis: the Broker contract across processes (several brokers on the
 same Redis stand for several gateway processes).
 
-Redis: ``REDIS_URL`` (default ``redis://127.0.0.1:6379/0``) when it answers PING, else a private
-``redis-server`` on a free port (stopped afterwards), else every test here is skipped. Each test
-uses its own ``key_prefix`` and deletes its keys.
+Redis: the ``redis_url`` fixture of ``conftest.py`` (the machine's Redis, else a private
+``redis-server``). Each test uses its own ``key_prefix`` and deletes its keys.
 """
 
 from __future__ import annotations
@@ -11,20 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 redis = pytest.importorskip("redis")
 
+from redis_support import Collector, eventually, free_port  # noqa: E402
 from streaming_module import StreamingModule  # noqa: E402
 from streaming_module.broker import create_broker  # noqa: E402
 from streaming_module.broker.base import GAP, Frame  # noqa: E402
@@ -36,131 +30,7 @@ pytestmark = pytest.mark.redis
 
 WAIT = 5.0
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _answers(url: str) -> bool:
-    try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
-        try:
-            return bool(client.ping())
-        finally:
-            client.close()
-    except Exception:
-        return False
-
-
-@pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    if _answers(url):
-        yield url
-        return
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip(f"no Redis answers at {mask_url(url)} and no redis-server binary to start")
-    for _ in range(3):  # a free port can be taken by someone else before the server binds it
-        port = _free_port()
-        log = tempfile.NamedTemporaryFile(prefix="redis-", suffix=".log", delete=False)
-        proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        url = f"redis://127.0.0.1:{port}/0"
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and proc.poll() is None and not _answers(url):
-            time.sleep(0.05)
-        if proc.poll() is None and _answers(url):
-            try:
-                yield url
-            finally:
-                proc.terminate()
-                proc.wait(5)
-                os.unlink(log.name)
-            return
-        proc.kill()
-        proc.wait(5)
-    pytest.skip("could not start a private redis-server")
-
-
-@pytest.fixture
-def prefix(redis_url: str) -> Iterator[str]:
-    key_prefix = f"smtest:{uuid.uuid4().hex[:10]}"
-    yield key_prefix
-    client = redis.Redis.from_url(redis_url)
-    try:
-        keys = list(client.scan_iter(match=f"{key_prefix}:*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
-
-
 BrokerFactory = Callable[..., RedisBroker]
-
-
-@pytest.fixture
-async def make_broker(redis_url: str, prefix: str) -> AsyncIterator[BrokerFactory]:
-    made: list[RedisBroker] = []
-
-    def make(
-        url: str | None = None, *, options: dict[str, Any] | None = None, **kw: Any
-    ) -> RedisBroker:
-        opts = BrokerOptions(
-            backend="redis", redis_url=url or redis_url, key_prefix=prefix, **(options or {})
-        )
-        broker = RedisBroker(opts, **kw)
-        made.append(broker)
-        return broker
-
-    yield make
-    for broker in made:
-        await broker.aclose()
-
-
-class Collector:
-    """A listener that keeps what it is given."""
-
-    def __init__(self) -> None:
-        self.frames: list[Frame] = []
-
-    def __call__(self, frame: Frame) -> None:
-        self.frames.append(frame)
-
-    @property
-    def sequences(self) -> list[int]:
-        return [f.sequence for f in self.frames if f.type != GAP]
-
-    async def until(self, count: int, within: float = WAIT) -> list[Frame]:
-        deadline = time.monotonic() + within
-        while len(self.frames) < count:
-            assert time.monotonic() < deadline, f"got {len(self.frames)} of {count} frames"
-            await asyncio.sleep(0.01)
-        return self.frames
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = WAIT) -> None:
-    deadline = time.monotonic() + within
-    while not await check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
 
 
 # --------------------------------------------------------------------------- order and replay
@@ -386,7 +256,7 @@ async def test_a_final_status_stays_the_last_frame(make_broker: BrokerFactory) -
 async def test_an_unreachable_redis_is_a_broker_error_naming_the_masked_url(
     make_broker: BrokerFactory,
 ) -> None:
-    port = _free_port()
+    port = free_port()
     broker = make_broker(f"redis://:hunter2@127.0.0.1:{port}/0", flush_timeout=0.5)
     with pytest.raises(BrokerError) as caught:
         await broker.subscribe("x", Collector())
@@ -528,3 +398,125 @@ async def test_a_wrong_redis_url_fails_at_start_up_not_at_the_first_subscribe() 
     pending = container.shutdown_resources()
     if pending is not None:
         await pending
+
+
+# --------------------------------------------------------------------------- the fast path
+
+
+async def test_local_subscribers_get_the_published_frames_without_reading_them_back(
+    make_broker: BrokerFactory,
+) -> None:
+    """This process's frames reach its own subscribers when Redis answers the write: the very
+    frame objects ``publish`` returned, numbered; another process gets the stored bytes."""
+    producer, other = make_broker(), make_broker()
+    local, remote = Collector(), Collector()
+    await producer.subscribe("fast", local)
+    await other.subscribe("fast", remote)
+    published = [producer.publish("fast", "token", {"i": i}) for i in range(1500)]
+    await producer.flush()
+    await local.until(1500)
+    assert all(a is b for a, b in zip(local.frames, published, strict=True))
+    frames = await remote.until(1500)
+    assert [f.encoded() for f in frames] == [f.encoded() for f in published]
+    assert [f.sequence for f in frames] == list(range(1, 1501))
+
+
+async def test_frames_read_from_redis_are_decoded_only_when_read(
+    make_broker: BrokerFactory,
+) -> None:
+    producer, other = make_broker(), make_broker()
+    seen = Collector()
+    await other.subscribe("lazy", seen)
+    sent = producer.publish("lazy", "event", {"text": 'quote " and \\ and ünïcode', "n": [1, 2]})
+    await producer.flush()
+    (frame,) = await seen.until(1)
+    assert frame.encoded() == sent.encoded()
+    assert frame.type == "event" and frame.replayable
+    assert frame.payload == {"text": 'quote " and \\ and ünïcode', "n": [1, 2]}
+    assert frame.timestamp == sent.timestamp and frame.sequence == 1
+    assert frame.to_dict() == json.loads(sent.encoded())
+
+
+async def test_a_write_is_one_short_script_call_per_execution_per_batch(
+    private_redis: Any,
+) -> None:
+    """2,000 frames of one execution and 1,000 of another, published at once: each script call
+    carries at most 512 frames and concerns one execution."""
+    options = BrokerOptions(backend="redis", redis_url=private_redis.url, key_prefix="batch")
+    broker = RedisBroker(options)
+    client = redis.asyncio.Redis.from_url(private_redis.url)
+    try:
+        await broker.ping()
+        await client.config_resetstat()  # a private server: nobody else's statistics
+        for i in range(3000):
+            broker.publish("a" if i % 3 else "b", "token", {"i": i})
+        await broker.flush()
+        calls = (await client.info("commandstats"))["cmdstat_evalsha"]["calls"]
+        assert calls == 4 + 2  # per execution, ceil(frames / 512) calls (one round trip here)
+        assert await broker.fetch_last_sequence("a") == 2000
+        assert await broker.fetch_last_sequence("b") == 1000
+    finally:
+        await client.aclose()
+        await broker.aclose()
+
+
+async def test_last_sequence_answers_from_redis_for_an_execution_this_process_never_saw(
+    make_broker: BrokerFactory,
+) -> None:
+    producer, other = make_broker(), make_broker()
+    for i in range(7):
+        producer.publish("seen-elsewhere", "token", {"i": i})
+    await producer.flush()
+    assert producer.last_sequence("seen-elsewhere") == 7  # written here
+    assert other.last_sequence("seen-elsewhere") == 7  # asked from Redis
+    assert await other.fetch_last_sequence("seen-elsewhere") == 7
+    assert other.last_sequence("never-published") == 0
+
+
+async def test_numbering_never_falls_behind_the_stream(
+    make_broker: BrokerFactory, redis_url: str
+) -> None:
+    """An execution's counter lost (evicted) or behind its stream: the next frames still come
+    after the stream's last entry, never clash with it."""
+    broker = make_broker()
+    for i in range(5):
+        broker.publish("counter", "token", {"i": i})
+    await broker.flush()
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        await client.delete(broker.meta_key("counter"))
+        other = make_broker()  # knows nothing of the execution
+        sixth = other.publish("counter", "token", {"i": 5})
+        await other.flush()
+        assert sixth.sequence == 6
+        await client.hset(broker.meta_key("counter"), "seq", 2)
+        seventh = other.publish("counter", "token", {"i": 6})
+        await other.flush()
+        assert seventh.sequence == 7
+    finally:
+        await client.aclose()
+    seen = Collector()
+    await broker.subscribe("counter", seen, last_sequence=0)
+    assert [f.payload["i"] for f in seen.frames] == list(range(7))
+
+
+async def test_a_writer_that_dies_of_a_bug_is_restarted_and_loses_nothing(
+    make_broker: BrokerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = make_broker()
+    write = broker._write
+    failures = [RuntimeError("a bug")]
+
+    async def flaky(shard: Any, calls: Any) -> Any:
+        if failures:
+            raise failures.pop()
+        return await write(shard, calls)
+
+    broker._write = flaky  # type: ignore[method-assign]
+    seen = Collector()
+    await broker.subscribe("bug", seen)
+    for i in range(10):
+        broker.publish("bug", "token", {"i": i})
+    await broker.flush()
+    assert [f.payload["i"] for f in await seen.until(10)] == list(range(10))
+    assert "redis-broker-writer-0 stopped: RuntimeError('a bug')" in caplog.text

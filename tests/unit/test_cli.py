@@ -25,10 +25,11 @@ def test_demo_options() -> None:
     args = build_parser().parse_args(
         ["demo", "--host", "0.0.0.0", "--port", "0", "--token-delay-ms", "0",
          "--jwt-secret", "s3cret", "--redis-url", "redis://127.0.0.1:6379/0",
-         "--log-level", "debug"]
+         "--redis-url", "redis://127.0.0.1:6380/0", "--log-level", "debug"]
     )  # fmt: skip
     assert args.port == 0 and args.token_delay_ms == 0.0 and args.jwt_secret == "s3cret"
-    assert args.redis_url == "redis://127.0.0.1:6379/0" and args.log_level == "debug"
+    assert args.redis_url == ["redis://127.0.0.1:6379/0", "redis://127.0.0.1:6380/0"]
+    assert args.log_level == "debug"
 
 
 @pytest.mark.parametrize(

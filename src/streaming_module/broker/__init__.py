@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-from streaming_module.broker.base import GAP, Broker, Frame, Listener, Subscription
+from streaming_module.broker.base import GAP, Broker, Frame, Listener, RunRecord, Subscription
 from streaming_module.broker.memory import InMemoryBroker
 from streaming_module.config import BrokerOptions
 from streaming_module.core.clock import Clock
@@ -49,6 +49,7 @@ __all__ = [
     "Frame",
     "InMemoryBroker",
     "Listener",
+    "RunRecord",
     "Subscription",
     "create_broker",
 ]

@@ -10,34 +10,11 @@ same contract without changing the gateway.
 from __future__ import annotations
 
 import abc
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from streaming_module.protocol.frames import GAP, Frame
-
-
-@dataclass(slots=True)
-class RunRecord:
-    """What any instance can tell about a run: ``GET /executions/{id}`` answers from it.
-
-    ``status`` is ``"pending"``, ``"started"``, ``"completed"``, ``"failed"`` or ``"cancelled"``;
-    ``result`` the JSON-able final state (bounded in bytes by whoever saves it); ``error``
-    ``{"code", "message"}`` or a string when failed; ``updated`` an ISO timestamp.
-    """
-
-    execution_id: str
-    status: str
-    workflow: str | None = None
-    result: Any = None
-    error: Any = None
-    updated: str = ""
-
-
-RUN_RECORDS_KEPT = 10_000
-"""Run records the default (in-process) :meth:`Broker.save_run` keeps, oldest dropped first."""
-
 
 Listener = Callable[[Frame], None]
 """Called synchronously with each frame; must not block or await (queue and return)."""
@@ -83,6 +60,27 @@ class ListenerSubscription(Subscription):
             self._on_close(self)
 
 
+RUN_STATUSES = frozenset({"pending", "started", "completed", "failed", "cancelled"})
+"""The values of :attr:`RunRecord.status`."""
+
+
+@dataclass(slots=True)
+class RunRecord:
+    """What ``GET /executions/{id}`` answers about a run, kept by the broker so that any
+    instance can answer it (:meth:`Broker.save_run` / :meth:`Broker.load_run`)."""
+
+    execution_id: str
+    status: str
+    """``pending`` | ``started`` | ``completed`` | ``failed`` | ``cancelled``"""
+    workflow: str | None = None
+    result: Any = None
+    """JSON-able final state (bounded in bytes by the caller)."""
+    error: Any = None
+    """``{"code", "message"}`` or a string when failed."""
+    updated: str = ""
+    """ISO timestamp of the last change."""
+
+
 class Broker(abc.ABC):
     """Sequences, retains and fans out the frames of executions."""
 
@@ -115,24 +113,23 @@ class Broker(abc.ABC):
     def last_sequence(self, execution_id: str) -> int:
         """The sequence of the execution's latest frame (0 when none)."""
 
+    async def fetch_last_sequence(self, execution_id: str) -> int:
+        """:meth:`last_sequence` for async code: a shared backend is asked without blocking."""
+        return self.last_sequence(execution_id)
+
+    @abc.abstractmethod
     async def save_run(self, record: RunRecord) -> None:
-        """Keep ``record`` (replacing the execution's previous one) for :meth:`load_run`.
+        """Keep ``record`` (replacing the execution's previous one) for :meth:`load_run`; kept
+        as long as the execution's frames."""
 
-        This default keeps at most :data:`RUN_RECORDS_KEPT` records in this process; a backend
-        shared by several processes overrides both methods so every instance sees them."""
-        records: OrderedDict[str, RunRecord] | None = getattr(self, "_run_records", None)
-        if records is None:
-            records = OrderedDict()
-            self._run_records = records
-        records[record.execution_id] = record
-        records.move_to_end(record.execution_id)
-        while len(records) > RUN_RECORDS_KEPT:
-            records.popitem(last=False)
-
+    @abc.abstractmethod
     async def load_run(self, execution_id: str) -> RunRecord | None:
-        """The last record saved for ``execution_id``, or None."""
-        records: OrderedDict[str, RunRecord] | None = getattr(self, "_run_records", None)
-        return records.get(execution_id) if records is not None else None
+        """The execution's last saved :class:`RunRecord`, or None."""
+
+    async def health(self) -> dict[str, Any]:
+        """The broker's state for ``GET /health``: at least ``backend`` and ``status`` (``ok``,
+        or ``degraded`` when the backend cannot be reached)."""
+        return {"backend": type(self).__name__, "status": "ok"}
 
     async def ping(self) -> None:  # noqa: B027 - optional hook
         """Check the backend answers; raises :class:`BrokerError` saying what to check (no-op in
@@ -148,7 +145,7 @@ class Broker(abc.ABC):
 
 __all__ = [
     "GAP",
-    "RUN_RECORDS_KEPT",
+    "RUN_STATUSES",
     "Broker",
     "Frame",
     "Listener",

@@ -11,6 +11,8 @@ Bounds (from :class:`~streaming_module.config.BrokerOptions`):
   warning, until they end);
 - an ended execution is evicted ``retention_after_end_ms`` after :meth:`end_execution`, by a timer
   of the injected clock;
+- at most ``max_executions`` run records (:meth:`~InMemoryBroker.save_run`), the least
+  recently saved dropped first;
 - an evicted execution leaves a tombstone, its id and last sequence number (~150 bytes), for the
   ``max_executions`` most recently evicted ones. If the execution is published to or subscribed
   to again, its numbering continues after that sequence and a client resuming from an earlier
@@ -27,6 +29,7 @@ registration without yielding, so it is atomic with respect to concurrent ``publ
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import OrderedDict
 from typing import Any
@@ -71,7 +74,6 @@ class InMemoryBroker(Broker):
         self._ended: OrderedDict[str, None] = OrderedDict()
         # Last sequence of evicted executions, oldest eviction first (see the module docstring).
         self._forgotten: OrderedDict[str, int] = OrderedDict()
-        # Run records (GET /executions/{id}), most recently saved last; same bound as executions.
         self._runs: OrderedDict[str, RunRecord] = OrderedDict()
         self._closed = False
 
@@ -147,13 +149,17 @@ class InMemoryBroker(Broker):
 
     async def save_run(self, record: RunRecord) -> None:
         runs = self._runs
-        runs[record.execution_id] = record
+        runs[record.execution_id] = dataclasses.replace(record)
         runs.move_to_end(record.execution_id)
         while len(runs) > self.options.max_executions:
             runs.popitem(last=False)
 
     async def load_run(self, execution_id: str) -> RunRecord | None:
-        return self._runs.get(execution_id)
+        record = self._runs.get(execution_id)
+        return dataclasses.replace(record) if record is not None else None
+
+    async def health(self) -> dict[str, Any]:
+        return {"backend": "memory", "status": "ok", "executions": len(self._executions)}
 
     async def aclose(self) -> None:
         self._closed = True
@@ -168,6 +174,7 @@ class InMemoryBroker(Broker):
         self._executions.clear()
         self._ended.clear()
         self._forgotten.clear()
+        self._runs.clear()
 
     # ------------------------------------------------------------------ internals
     def _create(self, execution_id: str) -> _Execution:

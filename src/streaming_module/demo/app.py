@@ -161,7 +161,7 @@ class DemoServer:
         port: int = 8080,
         token_delay_ms: float = 20.0,
         jwt_secret: str | None = None,
-        redis_url: str | None = None,
+        redis_url: str | list[str] | None = None,
         default_words: int = DEFAULT_WORDS,
     ) -> None:
         from streaming_module.demo.workflow import AIContentGenerationWorkflow

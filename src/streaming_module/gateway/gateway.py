@@ -284,11 +284,16 @@ class StreamingWebSocketGateway:
 
     # ------------------------------------------------------------------ HTTP
     async def _health(self, request: web.Request) -> web.Response:
+        """Always 200 (a shared broker's outage hits every instance alike, so it is no reason
+        for a load balancer to drop this one): ``status`` is ``degraded`` when the broker cannot
+        reach its backend, and ``broker`` says which server and why."""
+        broker = await self.broker.health()
         return web.json_response(
             {
-                "status": "ok",
+                "status": "ok" if broker.get("status") == "ok" else "degraded",
                 "connections": len(self._connections),
                 "accepting": self._accepting,
+                "broker": broker,
                 # What a soak watches for leaks (bench/soak.py): O(connections + tasks) per call.
                 "subscriptions": sum(len(c.subscriptions) for c in self._connections.values()),
                 "executions": getattr(self.broker, "execution_count", None),
