@@ -3,9 +3,9 @@ executions spread over both): a decorated workflow (tokens, events, progress) ru
 ``streaming_module serve`` process, WebSocket clients watch it from two others.
 
 - the text is exact, sequences are contiguous and identical on both, the final status is last,
-  and any process answers the run record;
+  and `GET /executions/{id}` on any process answers the run (its record lives in Redis);
 - the producer is killed mid-run: every watcher gets ``status: failed`` ``producer_lost`` as the
-  run's last frame, and the run record says failed;
+  run's last frame, and `GET /executions/{id}` on any process says failed;
 - a watcher's gateway is killed mid-run: its client resumes on the other gateway with
   ``lastSequence`` and misses nothing.
 
@@ -189,7 +189,8 @@ def check_run(frames: list[dict[str, Any]], execution_id: str) -> str:
 async def start_run(
     s: aiohttp.ClientSession, gateway: Gateway, execution_id: str, **body: Any
 ) -> None:
-    async with s.post(gateway.url + "/test-runs", json={"executionId": execution_id, **body}) as r:
+    body = {"executionId": execution_id, "prompt": f"story {execution_id}", **body}
+    async with s.post(gateway.url + "/executions", json=body) as r:
         assert r.status == 202, await r.text()
 
 
@@ -202,7 +203,7 @@ async def watch(s: aiohttp.ClientSession, execution_id: str, *where: Gateway) ->
 
 
 async def record(s: aiohttp.ClientSession, gateway: Gateway, execution_id: str) -> dict[str, Any]:
-    async with s.get(f"{gateway.url}/test-records/{execution_id}") as r:
+    async with s.get(f"{gateway.url}/executions/{execution_id}") as r:
         assert r.status == 200, await r.text()
         body: dict[str, Any] = await r.json()
         return body
