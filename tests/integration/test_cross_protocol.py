@@ -27,12 +27,9 @@ async def second_instance(server: Server) -> AsyncIterator[str]:
     options = StreamingModuleOptions.model_validate({"websocket": {"enabled": True, "port": 0}})
     other = StreamingWebSocketGateway(options, broker=server.gateway.broker)
     for name, registration in server.gateway.runs.registrations.items():
+        surfaces = {"agui": "/agui", "ai_chat": "/api/chat"} if name == "writer" else {}
         other.register_workflow(
-            name,
-            registration.workflow,
-            options=registration.options,
-            agui=registration.agui,
-            ai_chat=registration.ai_chat,
+            name, registration.workflow, options=registration.options, **surfaces
         )
     await other.start()
     try:

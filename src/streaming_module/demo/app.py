@@ -27,6 +27,7 @@ from typing import Any
 from aiohttp import web
 
 from streaming_module.demo.model import DEFAULT_WORDS, MAX_WORDS, DemoChatModel
+from streaming_module.gateway.interop import serve_agui, serve_ai_chat
 from streaming_module.gateway.runs import HttpError, Run, RunsApi, RunsOptions, StartRequest
 
 logger = logging.getLogger("streaming_module.demo")
@@ -90,14 +91,11 @@ class DemoApp:
         self.runs = runs
         self.workflow = workflow
         self.default_words = default_words
-        runs.register(
-            WORKFLOW_NAME,
-            workflow,
-            make_input=demo_input(default_words),
-            options=("words",),
-            agui="/agui",
-            ai_chat="/api/chat",
+        registration = runs.register(
+            WORKFLOW_NAME, workflow, make_input=demo_input(default_words), options=("words",)
         )
+        serve_agui(runs, registration, "/agui")
+        serve_ai_chat(runs, registration, "/api/chat")
 
     @property
     def executions(self) -> Mapping[str, Run]:
@@ -107,8 +105,7 @@ class DemoApp:
     def install(self, app: web.Application) -> None:
         """Add the demo page, its assets and (unless already mounted there) the runs API to
         ``app``, before it starts."""
-        if app not in self.runs._apps:
-            self.runs.setup(app)
+        self.runs.setup(app)
         app.router.add_get("/demo", self.handle_page)
         app.router.add_get("/static/{name}", self.handle_static)
 

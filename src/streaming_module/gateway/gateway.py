@@ -197,11 +197,29 @@ class StreamingWebSocketGateway:
             self._runs.setup(self.app)
         return self._runs
 
-    def register_workflow(self, name: str, workflow: Any, **options: Any) -> None:
+    def register_workflow(
+        self,
+        name: str,
+        workflow: Any,
+        *,
+        agui: str | None = None,
+        ai_chat: str | None = None,
+        **options: Any,
+    ) -> None:
         """Serve ``workflow`` over HTTP as ``name``: start, read, cancel and watch its runs.
-        ``options`` are :meth:`RunsApi.register`'s (``make_input``, ``options``, ``agui``,
-        ``ai_chat``, ``default``)."""
-        self.runs.register(name, workflow, **options)
+        ``agui`` / ``ai_chat``: paths at which to serve it to AG-UI clients (``POST {agui}``,
+        ``GET {agui}/runs/{runId}/events``) and to the AI SDK's ``useChat`` (``POST
+        {ai_chat}``, ``GET {ai_chat}/{chatId}/stream``). ``options`` are
+        :meth:`RunsApi.register`'s (``make_input``, ``options``, ``default``)."""
+        registration = self.runs.register(name, workflow, **options)
+        if agui is not None or ai_chat is not None:
+            # Imported only then: it loads the AG-UI package.
+            from streaming_module.gateway import interop
+
+            if agui is not None:
+                interop.serve_agui(self.runs, registration, agui)
+            if ai_chat is not None:
+                interop.serve_ai_chat(self.runs, registration, ai_chat)
 
     async def cancel_runs(self) -> None:
         """Cancel the runs this gateway's runs API started (each publishes its final status)

@@ -1,6 +1,7 @@
 """AG-UI and the AI SDK UI message stream over HTTP, for workflows registered on a
-:class:`~streaming_module.gateway.runs.RunsApi` (``register(..., agui="/agui",
-ai_chat="/api/chat")``).
+:class:`~streaming_module.gateway.runs.RunsApi`: ``serve_agui(runs, registration, "/agui")``,
+``serve_ai_chat(runs, registration, "/api/chat")`` (the gateway's ``register_workflow(...,
+agui=, ai_chat=)`` calls them).
 
 - ``POST {agui}`` takes AG-UI's ``RunAgentInput`` (the last user message's text is the prompt;
   ``forwardedProps`` may carry the registration's options, e.g. the demo's ``words``), starts a
@@ -53,20 +54,30 @@ def thread_key(run_id: str) -> str:
     return f"@thread/{run_id}"
 
 
-def add_agui_routes(app: web.Application, runs: RunsApi, registration: Registration) -> None:
-    """``POST {path}`` and ``GET {path}/runs/{runId}/events`` for ``registration``."""
-    path = (registration.agui or "/agui").rstrip("/")
+def serve_agui(runs: RunsApi, registration: Registration, path: str = "/agui") -> None:
+    """``POST {path}`` and ``GET {path}/runs/{runId}/events`` for ``registration``, wherever
+    ``runs`` is served."""
+    path = path.rstrip("/")
     endpoint = AguiEndpoint(runs, registration)
-    app.router.add_post(path, endpoint.handle_run)
-    app.router.add_get(path + "/runs/{run_id}/events", endpoint.handle_events)
+
+    def install(app: web.Application) -> None:
+        app.router.add_post(path, endpoint.handle_run)
+        app.router.add_get(path + "/runs/{run_id}/events", endpoint.handle_events)
+
+    runs.add_routes(install)
 
 
-def add_ai_chat_routes(app: web.Application, runs: RunsApi, registration: Registration) -> None:
-    """``POST {path}`` and ``GET {path}/{chatId}/stream`` for ``registration``."""
-    path = (registration.ai_chat or "/api/chat").rstrip("/")
+def serve_ai_chat(runs: RunsApi, registration: Registration, path: str = "/api/chat") -> None:
+    """``POST {path}`` and ``GET {path}/{chatId}/stream`` for ``registration``, wherever
+    ``runs`` is served."""
+    path = path.rstrip("/")
     endpoint = ChatEndpoint(runs, registration)
-    app.router.add_post(path, endpoint.handle_chat)
-    app.router.add_get(path + "/{chat_id}/stream", endpoint.handle_resume)
+
+    def install(app: web.Application) -> None:
+        app.router.add_post(path, endpoint.handle_chat)
+        app.router.add_get(path + "/{chat_id}/stream", endpoint.handle_resume)
+
+    runs.add_routes(install)
 
 
 async def final_state(runs: RunsApi, execution_id: str, wait: float = FINAL_STATE_WAIT) -> Any:
@@ -251,8 +262,8 @@ class ChatEndpoint:
 __all__ = [
     "AguiEndpoint",
     "ChatEndpoint",
-    "add_agui_routes",
-    "add_ai_chat_routes",
     "final_state",
+    "serve_agui",
+    "serve_ai_chat",
     "thread_key",
 ]

@@ -12,7 +12,7 @@ A user registers workflows (``gateway.register_workflow("writer", Writer(...))``
   with it); on another instance, through the broker. A client disconnecting never cancels a run;
 - ``GET /executions/{id}/events``: the execution's native frames as SSE (``protocol/sse.py``);
 - per registration, optionally, AG-UI and AI SDK UI message stream endpoints
-  (``gateway/interop.py``).
+  (``gateway/interop.py`` adds them with :meth:`RunsApi.add_routes`).
 
 Errors are ``{"code", "message"}`` with a 4xx/5xx status. Authentication comes first: with JWT
 enabled, a missing or bad token gets 401 before any 400, 404 or 204; a token with an
@@ -34,7 +34,6 @@ The core (:meth:`RunsApi.parse_start`, :meth:`~RunsApi.start`, :meth:`~RunsApi.d
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import re
 import time
@@ -140,8 +139,6 @@ class Registration:
     workflow: Any
     make_input: InputBuilder
     options: frozenset[str]
-    agui: str | None = None
-    ai_chat: str | None = None
 
 
 @dataclass(slots=True)
@@ -246,6 +243,7 @@ class RunsApi:
         self.runs: OrderedDict[str, Run] = OrderedDict()
         self.sse_connections = SseConnections()
         self._apps: list[web.Application] = []
+        self._routes: list[Callable[[web.Application], None]] = []
         self._control: Subscription | None = None
         self._control_lock = asyncio.Lock()
         self._closed = False
@@ -260,8 +258,6 @@ class RunsApi:
         make_input: InputBuilder | None = None,
         options: Iterable[str] = (),
         default: bool | None = None,
-        agui: str | None = None,
-        ai_chat: str | None = None,
     ) -> Registration:
         """Serve ``workflow`` (anything with ``await workflow.run(input, execution_id=...)``)
         as ``name``.
@@ -269,9 +265,10 @@ class RunsApi:
         ``make_input`` builds its input from a :class:`StartRequest` (default
         :func:`default_input`); ``options`` names the extra body fields it accepts. The first
         registration is the default (``"workflow"`` omitted) unless ``default`` says otherwise.
-        ``agui`` / ``ai_chat``: paths at which to serve it to AG-UI clients
-        (``POST {agui}``, ``GET {agui}/runs/{runId}/events``) and to the AI SDK's ``useChat``
-        (``POST {ai_chat}``, ``GET {ai_chat}/{chatId}/stream``).
+        To serve it to AG-UI clients and to the AI SDK's ``useChat`` too, hand the registration
+        to :func:`~streaming_module.gateway.interop.serve_agui` /
+        :func:`~streaming_module.gateway.interop.serve_ai_chat` (the gateway's
+        ``register_workflow(..., agui=, ai_chat=)`` does).
         """
         if not isinstance(name, str) or not EXECUTION_ID_PATTERN.match(name):
             raise ValueError(f"workflow name {name!r}: use letters, digits, '.', '_', ':' or '-'")
@@ -284,37 +281,34 @@ class RunsApi:
         clashing = sorted(extra & _START_FIELDS)
         if clashing:
             raise ValueError(f"options {clashing} clash with the start request's own fields")
-        registration = Registration(
-            name, workflow, make_input or default_input, extra, agui=agui, ai_chat=ai_chat
-        )
+        registration = Registration(name, workflow, make_input or default_input, extra)
         self.registrations[name] = registration
         if default or (default is None and self.default_workflow is None):
             self.default_workflow = name
-        for app in self._apps:
-            self._add_interop_routes(app, registration)
         return registration
 
     def setup(self, app: web.Application, *, prefix: str = "") -> None:
-        """Add the runs endpoints (and every registration's AG-UI / AI SDK endpoints) to
-        ``app``, before it starts; its shutdown cancels the runs still going."""
+        """Add the runs endpoints (and the routes given to :meth:`add_routes`) to ``app``,
+        before it starts; its shutdown cancels the runs still going. Setting up the same app
+        again does nothing."""
+        if app in self._apps:
+            return
         app.router.add_post(prefix + "/executions", self.handle_start)
         app.router.add_get(prefix + "/executions/{execution_id}", self.handle_get)
         app.router.add_post(prefix + "/executions/{execution_id}/cancel", self.handle_cancel)
         app.router.add_get(prefix + "/executions/{execution_id}/events", self.handle_events)
-        for registration in self.registrations.values():
-            self._add_interop_routes(app, registration)
+        for install in self._routes:
+            install(app)
         app.on_shutdown.append(self._on_shutdown)
         self._apps.append(app)
 
-    def _add_interop_routes(self, app: web.Application, registration: Registration) -> None:
-        if not (registration.agui or registration.ai_chat):
-            return
-        # Imported here: interop imports this module (and the AG-UI package) itself.
-        interop = importlib.import_module("streaming_module.gateway.interop")
-        if registration.agui:
-            interop.add_agui_routes(app, self, registration)
-        if registration.ai_chat:
-            interop.add_ai_chat_routes(app, self, registration)
+    def add_routes(self, install: Callable[[web.Application], None]) -> None:
+        """Serve more endpoints wherever this API is served: ``install(app)`` runs for every
+        app set up so far and every later one (how ``gateway/interop.py`` adds AG-UI and the
+        AI SDK stream)."""
+        self._routes.append(install)
+        for app in self._apps:
+            install(app)
 
     def registration(self, name: str | None) -> Registration:
         """The registration called ``name`` (None: the default one); 404 when there is none."""
