@@ -387,6 +387,13 @@ class WebSocketOptions(OptionsModel):
         ge=16,
         description="Frames queued per client before the slow-client policy applies.",
     )
+    send_queue_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        description="Bytes one client may be owed (its queue plus its socket's unsent bytes, "
+        "replies included) before the slow-client policy applies; the most a client that stops "
+        "reading makes the process hold, whatever the frame sizes.",
+    )
     slow_client_policy: Literal["disconnect", "coalesce"] = Field(
         default="disconnect",
         description="'disconnect' closes a client that falls behind with 4008 (it resumes from "

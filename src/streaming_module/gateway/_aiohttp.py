@@ -98,6 +98,16 @@ def direct_transport(ws: web.WebSocketResponse) -> tuple[Transport, WriterProtoc
     return transport, protocol  # type: ignore[return-value]
 
 
+def ws_transport(ws: web.WebSocketResponse) -> Transport | None:
+    """The transport a prepared server WebSocket writes to, compressed or not, for reading how
+    many bytes it holds unsent (``get_write_buffer_size``); ``None`` when aiohttp's writer does
+    not look as expected (then only the queue is counted)."""
+    transport = getattr(getattr(ws, "_writer", None), "transport", None)
+    if not callable(getattr(transport, "get_write_buffer_size", None)):
+        return None
+    return transport  # type: ignore[no-any-return]
+
+
 async def send_text(ws: web.WebSocketResponse, data: bytes, *, compress: bool = True) -> None:
     """Send ``data`` (UTF-8 JSON) as one text frame; with ``compress=False`` uncompressed even
     on a connection that negotiated permessage-deflate.
@@ -126,4 +136,5 @@ __all__ = [
     "send_text",
     "ws_frame",
     "ws_text_frame",
+    "ws_transport",
 ]

@@ -322,6 +322,7 @@ class StreamingWebSocketGateway:
             remote=request.remote,
             claims=claims,
             send_queue_size=ws_options.send_queue_size,
+            send_queue_bytes=ws_options.send_queue_bytes,
             slow_client_policy=ws_options.slow_client_policy,
             compress_threshold=compression.threshold if compression.enabled else None,
             heartbeat=self.options.gateway.heartbeat,
