@@ -105,7 +105,7 @@ def ws_transport(ws: web.WebSocketResponse) -> Transport | None:
     transport = getattr(getattr(ws, "_writer", None), "transport", None)
     if not callable(getattr(transport, "get_write_buffer_size", None)):
         return None
-    return transport  # type: ignore[no-any-return]
+    return transport
 
 
 async def send_text(ws: web.WebSocketResponse, data: bytes, *, compress: bool = True) -> None:
