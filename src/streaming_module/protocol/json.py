@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import itertools
+import re
 from collections.abc import Mapping
 from datetime import date, datetime, time, timedelta
 from typing import Any, Final
@@ -58,9 +60,46 @@ def dumps(value: Any) -> bytes:
     return orjson.dumps(value, default=json_default, option=OPTIONS)
 
 
+MAX_DEPTH: Final = 32
+"""Default nesting limit of :func:`nesting_exceeds`: far deeper than any message of the protocol
+(3 levels) or a reasonable request body, far shallower than what breaks an encoder (orjson stops
+at 255 when encoding, Python's ``json`` at ~1,000 with a ``RecursionError``)."""
+
+_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"', re.DOTALL)
+# Openers to 1 and closers to 0xFF, i.e. -1 as a signed byte; everything else deleted.
+_STEPS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
+_NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
+
+
+def nesting_exceeds(data: str | bytes | bytearray | memoryview, limit: int = MAX_DEPTH) -> bool:
+    """Whether JSON text ``data`` nests arrays and objects deeper than ``limit``, decided before
+    any parsing, so that no parser, validator or encoder ever recurses through an attacker's
+    ``[[[[...``. Brackets inside strings do not count.
+
+    Cost: two ``bytes.count`` calls for text with at most ``limit`` brackets (every message of
+    the protocol). Otherwise strings are cut out and the depth is the largest running sum of +1
+    per opening and -1 per closing bracket, all in C: about 3 ms per 64 KiB of brackets, 40 ms per
+    MiB on a slow core."""
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False
+    steps = _STRING.sub(b"", raw).translate(_STEPS, _NOT_BRACKETS)
+    if b"\x01" * (limit + 1) in steps:  # a straight run of openers: the usual attack
+        return True
+    return max(itertools.accumulate(memoryview(steps).cast("b")), default=0) > limit
+
+
 def loads(data: str | bytes | bytearray | memoryview) -> Any:
     """The value of JSON ``data``; raises :data:`JSONDecodeError` when it is not JSON."""
     return orjson.loads(data)
 
 
-__all__ = ["OPTIONS", "JSONDecodeError", "dumps", "json_default", "loads"]
+__all__ = [
+    "MAX_DEPTH",
+    "OPTIONS",
+    "JSONDecodeError",
+    "dumps",
+    "json_default",
+    "loads",
+    "nesting_exceeds",
+]
