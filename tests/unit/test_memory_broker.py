@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 
 import orjson
 import pytest
@@ -227,3 +228,66 @@ async def test_an_evicted_execution_keeps_its_numbering_and_reports_a_gap() -> N
         broker.end_execution(name)
         clock.advance(1.5)
     assert broker.last_sequence("a") == 0 and broker.last_sequence("d") == 1
+
+
+class _NoScan(OrderedDict):  # type: ignore[type-arg]
+    """The broker's table of executions, failing any walk over it."""
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        raise AssertionError("the broker walked over every execution")
+
+    def items(self):  # type: ignore[no-untyped-def]
+        raise AssertionError("the broker walked over every execution")
+
+    def values(self):  # type: ignore[no-untyped-def]
+        raise AssertionError("the broker walked over every execution")
+
+
+async def test_max_executions_is_a_hard_bound_kept_without_walking_the_executions(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    broker = _broker(max_executions=50)
+    for i in range(50):
+        await broker.subscribe(f"watched-{i}", lambda f: None)
+        broker.publish(f"watched-{i}", "token", {})
+    broker._executions = _NoScan(broker._executions)
+    with caplog.at_level("WARNING", logger="streaming_module.gateway"):
+        for i in range(200):  # a subscription storm against a full broker
+            with pytest.raises(BrokerError) as refused:
+                await broker.subscribe(f"storm-{i}", lambda f: None)
+            assert refused.value.code == "too_many_executions"
+        with pytest.raises(BrokerError):
+            broker.publish("new-run", "token", {})
+    assert broker.execution_count == 50
+    assert len([r for r in caplog.records if "max_executions" in r.getMessage()]) == 1
+
+
+async def test_a_run_that_publishes_takes_the_room_of_subscriptions_still_waiting() -> None:
+    broker = _broker(max_executions=3)
+    await broker.subscribe("running", lambda f: None)
+    broker.publish("running", "token", {})
+    waiting_1 = await broker.subscribe("waiting-1", lambda f: None)
+    waiting_2 = await broker.subscribe("waiting-2", lambda f: None)
+    with pytest.raises(BrokerError):  # another waiting subscription: no room
+        await broker.subscribe("waiting-3", lambda f: None)
+    broker.publish("new-run", "token", {})  # a producer evicts the oldest waiting one
+    assert waiting_1.closed and not waiting_2.closed
+    assert broker.retained("new-run") == 1 and broker.retained("running") == 1
+    assert broker.execution_count == 3
+
+
+async def test_the_longest_unwatched_execution_goes_first() -> None:
+    broker = _broker(max_executions=3)
+    subs = {}
+    for name in ("a", "b", "c"):
+        subs[name] = await broker.subscribe(name, lambda f: None)
+        broker.publish(name, "token", {})
+    subs["b"].close()  # unwatched first
+    subs["a"].close()
+    broker.publish("d", "token", {})
+    assert broker.retained("b") == 0 and broker.retained("a") == 1
+    await broker.subscribe("a", lambda f: None)  # watched again: not a candidate any more
+    subs["c"].close()  # unwatched after "d" (never watched since it was created)
+    broker.publish("e", "token", {})
+    assert broker.retained("d") == 0
+    assert broker.retained("a") == 1 and broker.retained("c") == 1

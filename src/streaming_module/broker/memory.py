@@ -5,10 +5,15 @@ Bounds (from :class:`~streaming_module.config.BrokerOptions`):
 - per execution, a :class:`~streaming_module.core.replay.ReplayLog` of at most
   ``replay_max_frames`` frames no older than ``replay_max_age_ms``: about
   ``replay_max_frames * (encoded frame + payload + ~300 bytes)``;
-- at most ``max_executions`` executions: when a new one would exceed it, the oldest *ended*
-  execution is evicted first, then the oldest one nobody is subscribed to. Executions with live
-  subscribers are never evicted under a subscriber's feet (the bound is then exceeded, with a
-  warning, until they end);
+- at most ``max_executions`` executions, a hard bound kept in O(1): when a new one would exceed
+  it, the oldest *ended* execution is evicted first, then the one nobody has been subscribed to
+  for longest. An execution being watched is never evicted under its subscribers' feet, with
+  one exception: when everything is watched, a *publish* that needs room evicts the oldest
+  execution that has no frame yet (subscribers waiting for a run that has not started; those
+  subscriptions end), so that waiting subscriptions can never keep runs from streaming. When
+  nothing at all can go, a new execution is refused with :class:`BrokerError` code
+  ``too_many_executions`` (a subscribe gets it as an ``error`` reply), logged at most once a
+  second;
 - an ended execution is evicted ``retention_after_end_ms`` after :meth:`end_execution`, by a timer
   of the injected clock;
 - an evicted execution leaves a tombstone, its id and last sequence number (~150 bytes), for the
@@ -25,6 +30,7 @@ registration without yielding, so it is atomic with respect to concurrent ``publ
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from typing import Any
 
@@ -39,6 +45,7 @@ from streaming_module.broker.base import (
 from streaming_module.config import BrokerOptions
 from streaming_module.core.clock import Clock, SystemClock, TimerHandle
 from streaming_module.core.replay import ReplayLog
+from streaming_module.errors import BrokerError
 
 logger = logging.getLogger("streaming_module.gateway")
 
@@ -65,6 +72,10 @@ class InMemoryBroker(Broker):
         # Insertion order = creation order; ended executions also listed in end order.
         self._executions: OrderedDict[str, _Execution] = OrderedDict()
         self._ended: OrderedDict[str, None] = OrderedDict()
+        self._idle: OrderedDict[str, None] = OrderedDict()  # no listener, longest idle first
+        self._pending: OrderedDict[str, None] = OrderedDict()  # no frame yet, oldest first
+        self._refused = 0  # new executions refused since the last log line about it
+        self._refused_logged = -1.0
         # Last sequence of evicted executions, oldest eviction first (see the module docstring).
         self._forgotten: OrderedDict[str, int] = OrderedDict()
         self._closed = False
@@ -93,7 +104,9 @@ class InMemoryBroker(Broker):
     def publish(
         self, execution_id: str, type: str, payload: Any, *, replayable: bool = True
     ) -> Frame:
-        ex = self._executions.get(execution_id) or self._create(execution_id)
+        ex = self._executions.get(execution_id) or self._create(execution_id, publishing=True)
+        if not ex.last_sequence:
+            self._pending.pop(execution_id, None)
         ex.last_sequence += 1
         frame = Frame(
             execution_id, ex.last_sequence, type, self._clock.now().isoformat(), payload, replayable
@@ -128,6 +141,7 @@ class InMemoryBroker(Broker):
             for frame in replay.items:
                 listener(frame)
         ex.listeners = (*ex.listeners, sub)
+        self._idle.pop(execution_id, None)
         return sub
 
     def end_execution(self, execution_id: str) -> None:
@@ -150,34 +164,49 @@ class InMemoryBroker(Broker):
             ex.log.clear()
         self._executions.clear()
         self._ended.clear()
+        self._idle.clear()
+        self._pending.clear()
         self._forgotten.clear()
 
     # ------------------------------------------------------------------ internals
-    def _create(self, execution_id: str) -> _Execution:
+    def _create(self, execution_id: str, *, publishing: bool = False) -> _Execution:
         if len(self._executions) >= self.options.max_executions:
-            self._make_room()
+            self._make_room(execution_id, publishing)
         ex = _Execution(execution_id, ReplayLog(self.options.replay_max_frames, self._max_age))
         forgotten = self._forgotten.pop(execution_id, 0)
         if forgotten:
             # Its log was dropped: carry on numbering, and report 1..forgotten as a gap.
             ex.last_sequence = forgotten
             ex.log.evicted_through = forgotten
+        else:
+            self._pending[execution_id] = None
         self._executions[execution_id] = ex
+        self._idle[execution_id] = None
         return ex
 
-    def _make_room(self) -> None:
-        for execution_id in self._ended:
-            self._evict(execution_id, self._executions[execution_id])
-            return
-        for execution_id, ex in self._executions.items():
-            if not ex.listeners:
-                self._evict(execution_id, ex)
+    def _make_room(self, execution_id: str, publishing: bool) -> None:
+        """Evict one execution (see the module docstring for which), O(1), or refuse."""
+        for candidates in (self._ended, self._idle, self._pending if publishing else None):
+            if candidates:
+                victim = next(iter(candidates))
+                self._evict(victim, self._executions[victim])
                 return
-        logger.warning(
-            "broker holds %d executions, all with live subscribers; over max_executions=%d "
-            "until some end",
-            len(self._executions),
-            self.options.max_executions,
+        self._refused += 1
+        now = time.monotonic()
+        if now - self._refused_logged >= 1.0:
+            logger.warning(
+                "broker holds max_executions=%d executions, all watched; refused %d new "
+                "one(s) since the last line (raise broker.max_executions?)",
+                self.options.max_executions,
+                self._refused,
+            )
+            self._refused, self._refused_logged = 0, now
+        raise BrokerError(
+            f"this server is at its limit of {self.options.max_executions} executions, all "
+            f"being watched; cannot {'publish to' if publishing else 'subscribe to'} a new "
+            f"execution {execution_id[:64]!r} now, try again later",
+            code="too_many_executions",
+            context={"max_executions": self.options.max_executions},
         )
 
     def _evict(self, execution_id: str, ex: _Execution) -> None:
@@ -187,6 +216,8 @@ class InMemoryBroker(Broker):
             ex.timer.cancel()
         del self._executions[execution_id]
         self._ended.pop(execution_id, None)
+        self._idle.pop(execution_id, None)
+        self._pending.pop(execution_id, None)
         if ex.last_sequence:
             self._forgotten[execution_id] = ex.last_sequence
             while len(self._forgotten) > self.options.max_executions:
@@ -200,6 +231,8 @@ class InMemoryBroker(Broker):
         ex = self._executions.get(sub.execution_id)
         if ex is not None and sub in ex.listeners:
             ex.listeners = tuple(s for s in ex.listeners if s is not sub)
+            if not ex.listeners:
+                self._idle[sub.execution_id] = None
 
 
 __all__ = ["InMemoryBroker"]

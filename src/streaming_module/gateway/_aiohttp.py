@@ -4,14 +4,21 @@ aiohttp's ``send_frame`` builds the WebSocket header per client (~10 µs per fra
 which bounded the gateway's fan-out to ~0.9x a plain aiohttp send loop; and on a deflate
 connection it compresses every frame, however small. So the gateway reaches into
 ``WebSocketResponse._writer`` (aiohttp 3.9-3.14's ``WebSocketWriter``: ``transport``,
-``protocol.writing_paused``, ``use_mask``, ``compress``) for three things:
+``protocol.writing_paused``, ``use_mask``, ``compress``) for these things:
 
 - :func:`ws_frame`: a broadcast frame as one complete WebSocket text frame, built once and cached
   in the frame's ``transport_cache`` (server frames are unmasked, so the bytes are the same for
   every client) — :func:`ws_text_frame` builds it;
 - :func:`direct_transport`: the transport those bytes can be written to directly, and the
   protocol whose ``writing_paused`` says when not to;
-- :func:`send_text` with ``compress=False``: one uncompressed frame on a deflate connection.
+- :func:`send_text` with ``compress=False``: one uncompressed frame on a deflate connection;
+- :func:`ws_transport`: how many bytes a connection's transport holds unsent;
+- :class:`ConnectionCap`: caps the TCP connections the server holds open, overall and per client
+  address, by wrapping the low-level ``web.Server``'s ``connection_made``/``connection_lost``
+  (every connection, before any byte of HTTP is parsed);
+- :class:`GatewayWebSocketResponse`: refuses unmasked client frames (RFC 6455 5.1 says a server
+  MUST; aiohttp's reader accepts them) by looking at each frame header before aiohttp's reader
+  parses it, through the request handler's ``_payload_parser`` and ``_message_tail``.
 
 Each checks that the internals look as expected and otherwise falls back to the public API.
 ``tests/integration/test_aiohttp_internals.py`` checks every one of them against the installed
@@ -21,10 +28,15 @@ running it against the new versions.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import struct
-from typing import Protocol
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp.http_websocket import WebSocketError
 
 from streaming_module.protocol.frames import Frame
 
@@ -129,7 +141,210 @@ async def send_text(ws: web.WebSocketResponse, data: bytes, *, compress: bool = 
     await ws.send_frame(data, WSMsgType.TEXT)
 
 
+_log = logging.getLogger("streaming_module.gateway")
+
+UNMASKED_FRAME = "client frames must be masked (RFC 6455, section 5.1)"
+
+
+class _MaskCheck:
+    """Stands between aiohttp's request handler and its WebSocket reader: reads each client frame
+    header (2-14 bytes; the payload is skipped, not copied) and fails the connection with 1002
+    at the first one without the MASK bit, before the reader sees it. Costs a few Python
+    operations per frame header."""
+
+    __slots__ = ("_header", "_inner", "_queue", "_skip", "failed")
+
+    def __init__(self, inner: Any, queue: Any) -> None:
+        self._inner = inner
+        self._queue = queue
+        self._header = bytearray()
+        self._skip = 0  # payload bytes of the current frame still to come
+        self.failed = False
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        if self.failed:
+            return True, b""
+        if not self._all_masked(data):
+            self.failed = True
+            self._queue.set_exception(WebSocketError(WSCloseCode.PROTOCOL_ERROR, UNMASKED_FRAME))
+            return True, b""
+        result: tuple[bool, bytes] = self._inner.feed_data(data)
+        return result
+
+    def feed_eof(self) -> None:
+        self._inner.feed_eof()
+
+    def _all_masked(self, data: bytes) -> bool:
+        pos, end = 0, len(data)
+        header = self._header
+        while pos < end:
+            if self._skip:
+                taken = min(self._skip, end - pos)
+                self._skip -= taken
+                pos += taken
+                continue
+            need = 2
+            if len(header) >= 2:
+                if not header[1] & 0x80:
+                    return False
+                length7 = header[1] & 0x7F
+                need = 6 + (2 if length7 == 126 else 8 if length7 == 127 else 0)
+            if len(header) < need:
+                taken = min(need - len(header), end - pos)
+                header += data[pos : pos + taken]
+                pos += taken
+                if len(header) < need or need == 2:
+                    continue  # (with 2 bytes, the MASK bit and length decide what else is needed)
+            length7 = header[1] & 0x7F
+            if length7 == 126:
+                self._skip = int.from_bytes(header[2:4], "big")
+            elif length7 == 127:
+                self._skip = int.from_bytes(header[2:10], "big")
+            else:
+                self._skip = length7
+            header.clear()
+        if len(header) >= 2 and not header[1] & 0x80:
+            return False
+        return True
+
+
+class GatewayWebSocketResponse(web.WebSocketResponse):
+    """aiohttp's ``WebSocketResponse``, refusing unmasked client frames with 1002 (see
+    :class:`_MaskCheck`). Where aiohttp's internals do not look as expected it behaves exactly
+    like its base class; :attr:`mask_checked` says which."""
+
+    mask_checked = False
+
+    def _post_start(self, request: web.BaseRequest, protocol: str | None, writer: Any) -> None:
+        handler = request.protocol
+        tail = getattr(handler, "_message_tail", None)
+        hooked = isinstance(tail, bytes) and hasattr(handler, "_payload_parser")
+        if hooked:
+            handler._message_tail = b""  # fed below, through the check
+        super()._post_start(request, protocol, writer)
+        if not hooked:
+            _log.debug("aiohttp internals differ: unmasked client frames are not refused")
+            return
+        check = _MaskCheck(handler._payload_parser, self._reader)
+        handler._payload_parser = check
+        self.mask_checked = True
+        if tail:
+            eof, _ = check.feed_data(tail)
+            if eof:
+                handler.close()
+
+
+_BUSY_BODY = (
+    b'{"code":"too_many_connections","message":"this server holds as many connections as it '
+    b'may (from your address or in all); retry in a few seconds"}'
+)
+BUSY_RESPONSE = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"Retry-After: 5\r\nConnection: close\r\nContent-Length: "
+    + str(len(_BUSY_BODY)).encode()
+    + b"\r\n\r\n"
+    + _BUSY_BODY
+)
+"""What a connection over a :class:`ConnectionCap` gets before it is closed: no request of it is
+read, so this is the whole exchange."""
+
+
+class ConnectionCap:
+    """Caps the TCP connections an aiohttp server holds open: at most ``max_total`` in all and
+    ``max_per_address`` from one client address (``None``: no cap). A connection over a cap
+    gets :data:`BUSY_RESPONSE` (HTTP 503, ``Retry-After: 5``) and is closed at once, before any
+    of its bytes is parsed, so it costs its file descriptor for a moment only. Refusals are
+    logged at most once a second, with how many there were.
+
+    Counts every connection: idle keep-alive ones, requests in progress, upgraded WebSockets.
+    Cost: a dict lookup per connection opened and closed; memory: one entry per address with an
+    open connection."""
+
+    def __init__(
+        self,
+        max_total: int | None,
+        max_per_address: int | None = None,
+        *,
+        log_interval: float = 1.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_total = max_total
+        self.max_per_address = max_per_address
+        self.open = 0
+        self.refused = 0
+        """Connections refused since this cap was made."""
+        self._by_address: dict[str, int] = {}
+        self._address_of: dict[Any, str] = {}
+        self._log_interval = log_interval
+        self._monotonic = monotonic
+        self._logged_at = -float("inf")
+        self._quiet = 0
+
+    def open_from(self, address: str) -> int:
+        return self._by_address.get(address, 0)
+
+    def install(self, server: web.Server) -> None:
+        """Wrap ``server``'s connection hooks (``runner.server`` after ``runner.setup()``)."""
+        made = server.connection_made
+        lost = server.connection_lost
+
+        def connection_made(handler: Any, transport: asyncio.Transport) -> None:
+            if self._admit(handler, transport):
+                made(handler, transport)
+
+        def connection_lost(handler: Any, exc: BaseException | None = None) -> None:
+            address = self._address_of.pop(handler, None)
+            if address is not None:
+                self.open -= 1
+                left = self._by_address[address] - 1
+                if left:
+                    self._by_address[address] = left
+                else:
+                    del self._by_address[address]
+            lost(handler, exc)
+
+        server.connection_made = connection_made  # type: ignore[method-assign]
+        server.connection_lost = connection_lost  # type: ignore[method-assign]
+
+    def _admit(self, handler: Any, transport: asyncio.Transport) -> bool:
+        peer = transport.get_extra_info("peername")
+        address = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+        if self.max_total is not None and self.open >= self.max_total:
+            self._refuse(transport, address, "in all", self.max_total)
+            return False
+        held = self._by_address.get(address, 0)
+        if self.max_per_address is not None and held >= self.max_per_address:
+            self._refuse(transport, address, f"from {address}", self.max_per_address)
+            return False
+        self.open += 1
+        self._by_address[address] = held + 1
+        self._address_of[handler] = address
+        return True
+
+    def _refuse(self, transport: asyncio.Transport, address: str, scope: str, cap: int) -> None:
+        self.refused += 1
+        try:
+            transport.write(BUSY_RESPONSE)
+        finally:
+            transport.close()
+        now = self._monotonic()
+        if now - self._logged_at < self._log_interval:
+            self._quiet += 1
+            return
+        _log.warning(
+            "refusing connections: %d open %s (the cap); %d more refused since the last line",
+            cap,
+            scope,
+            self._quiet,
+        )
+        self._logged_at, self._quiet = now, 0
+
+
 __all__ = [
+    "BUSY_RESPONSE",
+    "UNMASKED_FRAME",
+    "ConnectionCap",
+    "GatewayWebSocketResponse",
     "Transport",
     "WriterProtocol",
     "direct_transport",

@@ -92,22 +92,39 @@ class Permissions(Protocol):
 
 class ClientSubscription:
     """A connection's subscription to one execution, with the frame kinds it selected. Called
-    by the broker for each frame of the execution."""
+    by the broker for each frame of the execution.
 
-    __slots__ = ("broker_subscription", "connection", "execution_id", "kinds")
+    ``reply`` (the ``subscribed`` message) goes out just before the first frame the broker
+    delivers, or by :meth:`confirm` once the broker accepted the subscription: so it always
+    precedes the replay, and a subscription the broker refuses gets an ``error`` instead."""
+
+    __slots__ = ("broker_subscription", "connection", "execution_id", "kinds", "reply")
 
     def __init__(
-        self, connection: ClientConnection, execution_id: str, kinds: frozenset[str]
+        self,
+        connection: ClientConnection,
+        execution_id: str,
+        kinds: frozenset[str],
+        reply: bytes | None = None,
     ) -> None:
         self.connection = connection
         self.execution_id = execution_id
         self.kinds = kinds
+        self.reply = reply
         self.broker_subscription: Subscription | None = None
 
     def __call__(self, frame: Frame) -> None:
         if frame.type in FILTERABLE_KINDS and frame.type not in self.kinds:
             return
+        if self.reply is not None:
+            self.confirm()
         self.connection.deliver(frame)
+
+    def confirm(self) -> None:
+        """Send the ``subscribed`` reply if it has not gone out yet."""
+        reply, self.reply = self.reply, None
+        if reply is not None:
+            self.connection.send(reply)
 
     def close(self) -> None:
         if self.broker_subscription is not None:

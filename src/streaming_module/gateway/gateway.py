@@ -26,12 +26,14 @@ from streaming_module.config import StreamingModuleOptions
 from streaming_module.core.clock import Clock, SystemClock
 from streaming_module.errors import (
     AuthenticationError,
+    BrokerError,
     ClientNotFoundError,
     ForbiddenError,
     ProtocolError,
     RateLimitError,
     WebSocketError,
 )
+from streaming_module.gateway._aiohttp import ConnectionCap, GatewayWebSocketResponse
 from streaming_module.gateway.auth import JwtAuthenticator
 from streaming_module.gateway.connection import ClientConnection, ClientSubscription
 from streaming_module.gateway.cors import check_origin, cors_middleware
@@ -46,7 +48,7 @@ from streaming_module.protocol.frames import (
     WORKFLOW_UPDATE,
     encode_reply,
 )
-from streaming_module.protocol.json import dumps
+from streaming_module.protocol.json import dumps, nesting_exceeds
 from streaming_module.protocol.messages import (
     Ack,
     Ping,
@@ -68,6 +70,32 @@ shutdown."""
 
 RESERVED_TYPES = REPLY_TYPES | {GAP}
 """Frame types only the gateway itself sends; ``broadcast_to_execution`` refuses them."""
+
+MAX_PATH_LENGTH = 1024
+"""Longest request path (bytes, query string excluded) the HTTP side reads; longer ones get 414
+without their path being echoed anywhere. Execution ids are at most 256 characters."""
+
+MAX_BODY_DEPTH = 64
+"""How deeply an HTTP request body may nest JSON arrays and objects; deeper bodies get 400
+``too_deep`` before any handler parses them."""
+
+DESCRIPTOR_RESERVE = 64
+"""File descriptors kept back from connections when their cap is derived from the process's
+limit (files, Redis, the listening socket)."""
+
+
+def default_max_connections() -> int | None:
+    """The cap on TCP connections held open at once: the soft ``RLIMIT_NOFILE`` less a tenth
+    of it (at least :data:`DESCRIPTOR_RESERVE`), so that accepting never fails for want of a
+    descriptor; ``None`` where the limit cannot be read or is unlimited."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on Unix
+        return None
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    return max(1, soft - max(DESCRIPTOR_RESERVE, soft // 10))
 
 
 class RedactingAccessLogger(AbstractAccessLogger):
@@ -114,7 +142,11 @@ class StreamingWebSocketGateway:
         self._port: int | None = None
         self._host: str | None = None
         self._accepting = True
-        self.app = web.Application(middlewares=[cors_middleware(self._cors), _json_errors])
+        self.connection_cap: ConnectionCap | None = None
+        """The cap on open TCP connections while serving (see :meth:`start`)."""
+        self.app = web.Application(
+            middlewares=[cors_middleware(self._cors), _json_errors, self._request_guard]
+        )
         self.app.router.add_get("/health", self._health)
         self.app.router.add_get("/", self._root)
         self.app.router.add_get("/ws", self.websocket_handler)
@@ -153,8 +185,14 @@ class StreamingWebSocketGateway:
             handle_signals=False,
             shutdown_timeout=5.0,
             access_log_class=RedactingAccessLogger,
+            # aiohttp closes a connection that has not sent a whole request this long after it
+            # opened or after the previous response (its default: an hour).
+            keepalive_timeout=self.options.websocket.request_timeout_ms / 1000,
         )
         await runner.setup()
+        assert runner.server is not None
+        self.connection_cap = ConnectionCap(default_max_connections())
+        self.connection_cap.install(runner.server)
         site = web.TCPSite(runner, host, port)
         try:
             await site.start()
@@ -274,6 +312,45 @@ class StreamingWebSocketGateway:
             }
         )
 
+    @web.middleware
+    async def _request_guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Before any handler: a path over :data:`MAX_PATH_LENGTH` gets 414; a body that does
+        not arrive whole within ``websocket.request_timeout_ms`` gets 408; a body nested deeper
+        than :data:`MAX_BODY_DEPTH` gets 400 ``too_deep``. The body stays cached for the
+        handler (``request.json()`` reads it from memory)."""
+        if len(request.rel_url.raw_path) > MAX_PATH_LENGTH:
+            return web.json_response(
+                {
+                    "code": "uri_too_long",
+                    "message": f"the request path is longer than {MAX_PATH_LENGTH} bytes",
+                },
+                status=414,
+            )
+        if request.body_exists:
+            try:
+                async with asyncio.timeout(self.options.websocket.request_timeout_ms / 1000):
+                    body = await request.read()
+            except TimeoutError:
+                return web.json_response(
+                    {
+                        "code": "request_timeout",
+                        "message": "the request body did not arrive within "
+                        f"{self.options.websocket.request_timeout_ms} ms",
+                    },
+                    status=408,
+                    headers={"Connection": "close"},
+                )
+            if nesting_exceeds(body, MAX_BODY_DEPTH):
+                return web.json_response(
+                    {
+                        "code": "too_deep",
+                        "message": "the body nests JSON arrays or objects deeper than "
+                        f"{MAX_BODY_DEPTH} levels",
+                    },
+                    status=400,
+                )
+        return await handler(request)
+
     # ------------------------------------------------------------------ WebSocket
     async def websocket_handler(self, request: web.Request) -> web.StreamResponse:
         """The aiohttp handler of the WebSocket endpoint (mount it wherever you like)."""
@@ -307,10 +384,11 @@ class StreamingWebSocketGateway:
 
         ws_options = self.options.websocket
         compression = self.options.gateway.compression
-        ws = web.WebSocketResponse(
+        ws = GatewayWebSocketResponse(
             autoping=False,  # our own heartbeat sees pongs and answers pings
             compress=compression.enabled,
-            max_msg_size=ws_options.max_message_size,
+            # aiohttp refuses a message of max_msg_size bytes or more; ours is "over" the limit.
+            max_msg_size=ws_options.max_message_size + 1,
             timeout=5.0,
         )
         await ws.prepare(request)
@@ -349,6 +427,7 @@ class StreamingWebSocketGateway:
 
     async def _read_loop(self, connection: ClientConnection, limiter: RequestRateLimiter) -> None:
         ws = connection.ws
+        max_size = self.options.websocket.max_message_size
         while not connection.closing:
             msg = await ws.receive()
             kind = msg.type
@@ -357,23 +436,28 @@ class StreamingWebSocketGateway:
                     logger.info("client %s: %s", connection.id, msg.data)
                 return
             connection.heard_from_client()
-            if kind is WSMsgType.PONG:
-                continue
-            if kind is WSMsgType.PING:
-                with contextlib.suppress(ConnectionError, RuntimeError):
-                    await ws.pong(msg.data)
-                continue
             try:
-                limiter.check()
+                limiter.check()  # every frame counts: text, binary, ping and pong alike
             except RateLimitError as exc:
                 connection.send_error(exc.code, exc.message)
                 await connection.close(CloseCode.RATE_LIMITED, "rate limited", drain_timeout=0.5)
                 return
+            if kind is WSMsgType.PONG:
+                continue
+            if kind is WSMsgType.PING:
+                # (a control frame: at most 125 bytes, aiohttp's reader enforces it)
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await ws.pong(msg.data)
+                continue
             if kind is WSMsgType.BINARY:
                 connection.send_error(
                     "binary_not_supported", "binary frames are not supported; send JSON text"
                 )
                 continue
+            if ws.compress and _utf8_over(msg.data, max_size):
+                # aiohttp checks a decompressed message against max_msg_size + 1 (see above).
+                await connection.close(CloseCode.MESSAGE_TOO_BIG, "message too big")
+                return
             try:
                 await self._on_message(connection, decode_client_message(msg.data))
             except WebSocketError as exc:
@@ -435,28 +519,36 @@ class StreamingWebSocketGateway:
                 code="too_many_subscriptions",
             )
         kinds = message.kinds
-        subscription = ClientSubscription(connection, execution_id, kinds)
-        connection.subscriptions[execution_id] = subscription
-        connection.send(
-            encode_reply(
-                SUBSCRIBED,
-                {
-                    "executionId": execution_id,
-                    "events": sorted(kinds),
-                    "lastSequence": payload.last_sequence,
-                },
-                execution_id=execution_id,
-            )
+        reply = encode_reply(
+            SUBSCRIBED,
+            {
+                "executionId": execution_id,
+                "events": sorted(kinds),
+                "lastSequence": payload.last_sequence,
+            },
+            execution_id=execution_id,
         )
+        subscription = ClientSubscription(connection, execution_id, kinds, reply)
+        connection.subscriptions[execution_id] = subscription
         connection.begin_replay()
         try:
             subscription.broker_subscription = await self.broker.subscribe(
                 execution_id, subscription, last_sequence=payload.last_sequence
             )
+        except BrokerError as exc:
+            if connection.subscriptions.get(execution_id) is subscription:
+                del connection.subscriptions[execution_id]
+            raise WebSocketError(exc.message, code=exc.code) from None
         finally:
             connection.end_replay()
+        subscription.confirm()  # `subscribed`, if no frame came to send it first
         if connection.subscriptions.get(execution_id) is not subscription:
             subscription.close()  # closed or replaced while subscribing
+
+
+def _utf8_over(text: str, limit: int) -> bool:
+    """Whether ``text`` is more than ``limit`` bytes as UTF-8 (encodes only when it might be)."""
+    return len(text) * 4 > limit and len(text.encode("utf-8", "surrogatepass")) > limit
 
 
 def _is_upgrade(request: web.Request) -> bool:
