@@ -370,7 +370,9 @@ class StreamingWebSocketGateway:
                 {"code": "shutting_down", "message": "server is shutting down"}, status=503
             )
         try:
-            check_origin(self._cors, request.headers.get(hdrs.ORIGIN), request.host)
+            check_origin(
+                self._cors, request.headers.get(hdrs.ORIGIN), request.host, request.scheme
+            )
             self._connection_limiter.check_connection(request.remote)
             claims = self._authenticator.authenticate_request(request)
         except ForbiddenError as exc:
