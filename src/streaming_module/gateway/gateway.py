@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
@@ -355,9 +356,8 @@ class StreamingWebSocketGateway:
     async def websocket_handler(self, request: web.Request) -> web.StreamResponse:
         """The aiohttp handler of the WebSocket endpoint (mount it wherever you like)."""
         if not self.options.gateway.enabled:
-            return web.json_response(
-                {"code": "gateway_disabled", "message": "the WebSocket gateway is disabled"},
-                status=404,
+            return _refusal(
+                WebSocketError("the WebSocket gateway is disabled", code="gateway_disabled"), 404
             )
         if not _is_upgrade(request):
             return web.json_response(
@@ -366,13 +366,13 @@ class StreamingWebSocketGateway:
                 headers={"Upgrade": "websocket"},
             )
         if not self._accepting:
-            return web.json_response(
-                {"code": "shutting_down", "message": "server is shutting down"}, status=503
+            return _refusal(
+                WebSocketError("server is shutting down", code="shutting_down"),
+                503,
+                {"Retry-After": "1"},
             )
         try:
-            check_origin(
-                self._cors, request.headers.get(hdrs.ORIGIN), request.host, request.scheme
-            )
+            check_origin(self._cors, request.headers.get(hdrs.ORIGIN), request.host, request.scheme)
             self._connection_limiter.check_connection(request.remote)
             claims = self._authenticator.authenticate_request(request)
         except ForbiddenError as exc:
@@ -382,7 +382,10 @@ class StreamingWebSocketGateway:
             headers = {"Retry-After": str(max(1, round(retry)))} if retry is not None else {}
             return _refusal(exc, 429, headers)
         except AuthenticationError as exc:
-            return _refusal(exc, 401, {"WWW-Authenticate": "Bearer"})
+            # RFC 6750: a token was given and refused -> error="invalid_token".
+            given = exc.context.get("reason") not in (None, "missing")
+            challenge = 'Bearer error="invalid_token"' if given else "Bearer"
+            return _refusal(exc, 401, {"WWW-Authenticate": challenge})
 
         ws_options = self.options.websocket
         compression = self.options.gateway.compression
@@ -582,16 +585,28 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
         )
 
 
+ERROR_HEADER = "Streaming-Error"
+"""Response header repeating a refused upgrade's ``{"code", "message", "reason"?}`` as ASCII JSON:
+WebSocket client libraries report a refused handshake's status and headers, not its body."""
+
+
 def _refusal(
     exc: WebSocketError, status: int, headers: Mapping[str, str] | None = None
 ) -> web.Response:
     logger.info("refused a WebSocket upgrade (%d %s): %s", status, exc.code, exc.message)
-    return web.json_response(
-        {"code": exc.code, "message": exc.message}, status=status, headers=headers
+    body: dict[str, Any] = {"code": exc.code, "message": exc.message}
+    reason = exc.context.get("reason")
+    all_headers = dict(headers or {})
+    all_headers[ERROR_HEADER] = json.dumps(
+        {**body, "reason": reason} if isinstance(reason, str) else body, ensure_ascii=True
     )
+    return web.json_response(body, status=status, headers=all_headers)
 
 
 __all__ = [
+    "ERROR_HEADER",
+    "MAX_BODY_DEPTH",
+    "MAX_PATH_LENGTH",
     "MAX_SUBSCRIPTIONS_PER_CONNECTION",
     "SHUTDOWN_DRAIN_TIMEOUT",
     "RedactingAccessLogger",
