@@ -83,14 +83,17 @@ async def _client_main(url: str, clients: int, expected: int, mode: str) -> None
 # ------------------------------------------------------------------------------ parent side
 
 
-async def _run_clients(url: str, expected: int, mode: str, send: Any) -> float:
-    """Start the client process, wait until it is ready, run ``send()``, return the seconds
-    from the start of ``send`` until every client counted ``expected``."""
+async def _run_clients(
+    url: str, expected: int, mode: str, send: Any, script: str = _SCRIPT
+) -> float:
+    """Start the client process (``script --clients URL N EXPECTED MODE``), wait until it is
+    ready, run ``send()``, return the seconds from the start of ``send`` until every client
+    counted ``expected``."""
     errors = tempfile.NamedTemporaryFile(prefix="bench_fanout_", suffix=".err", delete=False)
     env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost"}
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        _SCRIPT,
+        script,
         "--clients",
         url,
         str(CLIENTS),

@@ -20,7 +20,7 @@ import types
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from streaming_module.broker import Broker, Frame, InMemoryBroker, create_broker
+    from streaming_module.broker import Broker, InMemoryBroker, create_broker
     from streaming_module.client import StreamingClient
     from streaming_module.config import (
         AuthenticationOptions,
@@ -65,6 +65,8 @@ if TYPE_CHECKING:
     from streaming_module.gateway.auth import Claims, JwtAuthenticator
     from streaming_module.gateway.gateway import StreamingWebSocketGateway
     from streaming_module.module import StreamingModule
+    from streaming_module.protocol.close_codes import CloseCode
+    from streaming_module.protocol.frames import Frame
     from streaming_module.services.bridge import WebSocketBridgeService
     from streaming_module.services.event_processor import EventStreamProcessorService
     from streaming_module.services.progress_tracking import ProgressTracker, ProgressTrackingService
@@ -109,7 +111,9 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, tuple[str, str]] = {
     name: (module, name)
     for module, names in {
-        "streaming_module.broker": "Broker Frame InMemoryBroker create_broker",
+        "streaming_module.broker": "Broker InMemoryBroker create_broker",
+        "streaming_module.protocol.close_codes": "CloseCode",
+        "streaming_module.protocol.frames": "Frame",
         "streaming_module.client": "StreamingClient",
         "streaming_module.config": (
             "AuthenticationOptions BrokerOptions CompressionOptions CorsOptions "
@@ -197,6 +201,7 @@ __all__ = [
     "Claims",
     "ClientNotFoundError",
     "Clock",
+    "CloseCode",
     "CompressionOptions",
     "CorsOptions",
     "DeclarativeWorkflowBase",

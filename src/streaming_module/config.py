@@ -286,8 +286,24 @@ class AuthenticationOptions(OptionsModel):
     algorithms: list[str] = Field(default_factory=lambda: ["HS256"], min_length=1)
     leeway: float = Field(default=0, ge=0, description="Seconds of clock skew tolerated.")
     require_exp: bool = Field(default=True, description="Refuse tokens without an 'exp' claim.")
-    issuer: str | None = None
-    audience: str | None = None
+    issuer: str | None = Field(
+        default=None, description="When set, a token's 'iss' must equal it (and be present)."
+    )
+    audience: str | list[str] | None = Field(
+        default=None,
+        description="When set, a token's 'aud' must name this audience (or one of these); when "
+        "unset, a token that names any audience is refused.",
+    )
+
+    @field_validator("audience")
+    @classmethod
+    def _audience(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if value is None:
+            return None
+        names = [value] if isinstance(value, str) else value
+        if not names or any(not name for name in names):
+            raise ValueError("audience must be a non-empty string or a list of them")
+        return value
 
     @field_validator("expires_in")
     @classmethod
@@ -322,16 +338,23 @@ class AuthenticationOptions(OptionsModel):
 
 
 class RateLimitOptions(OptionsModel):
-    """Connection and request limits per ``window_ms``.
+    """Connection and request limits, counted over any span of ``window_ms`` (sliding windows).
 
     ``max_connections`` counts new connections per window, per client address and overall;
     ``max_requests_per_connection`` counts client frames per window on one connection (over it,
-    the connection is closed with 4429).
+    the connection is closed with 4429); ``max_open_connections_per_address`` caps the
+    connections one address holds open at once.
     """
 
     window_ms: int = Field(default=60000, ge=1)
     max_connections: int = Field(default=100, ge=1)
     max_requests_per_connection: int = Field(default=1000, ge=1)
+    max_open_connections_per_address: int = Field(
+        default=100,
+        ge=1,
+        description="Connections one client address may hold open at once; over it an upgrade "
+        "is refused with 429. Behind a reverse proxy every client shares the proxy's address.",
+    )
 
 
 class CompressionOptions(OptionsModel):
@@ -406,6 +429,14 @@ class WebSocketOptions(OptionsModel):
         default="disconnect",
         description="'disconnect' closes a client that falls behind with 4008 (it resumes from "
         "its last sequence); 'coalesce' merges its queued token frames instead.",
+    )
+    max_open_connections: int | None = Field(
+        default=None,
+        ge=1,
+        description="WebSocket connections held open at once, all clients together; over it an "
+        "upgrade is refused with 429. None (the default) derives it from the process's "
+        "file-descriptor limit: the soft RLIMIT_NOFILE less a tenth (at least 64) kept for "
+        "files, Redis and the listening socket.",
     )
 
 

@@ -256,7 +256,7 @@ async def test_the_python_client_resumes_across_a_forced_disconnect_with_the_exa
     execution_id = "client-cut"
     async with StreamingClient(demo.url + "/ws", backoff_initial=0.01, backoff_max=0.05) as client:
         sub = await client.subscribe(execution_id)
-        demo.app.start("Write about rivers", execution_id=execution_id, words=500)
+        await demo.app.start("Write about rivers", execution_id=execution_id, words=500)
         parts: list[str] = []
         sequences: list[int] = []
         cut = 0
@@ -383,7 +383,7 @@ async def test_stopping_the_demo_mid_run_ends_the_run_then_closes_clients_with_1
                 json.dumps({"type": "subscribe_execution", "payload": {"executionId": "cut"}})
             )
             assert json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))["type"] == "subscribed"
-            server.app.start("A long one", execution_id="cut", words=100_000)
+            await server.app.start("A long one", execution_id="cut", words=100_000)
             for _ in range(10_000):
                 frame = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
                 frames.append(frame)

@@ -321,7 +321,7 @@ async def test_against_the_real_gateway_a_cut_connection_resumes_with_the_exact_
     execution_id = "client-resume-1"
     async with StreamingClient(demo.url + "/ws", **FAST) as client:
         sub = await client.subscribe(execution_id, last_sequence=0)
-        demo.app.start("Write about rivers", execution_id=execution_id, words=600)
+        await demo.app.start("Write about rivers", execution_id=execution_id, words=600)
         frames: list[Frame] = []
         cut = False
         async with asyncio.timeout(30):
@@ -357,6 +357,6 @@ async def test_against_the_real_gateway_a_missing_token_is_refused(demo: Any) ->
             with pytest.raises(ForbiddenError):
                 await client.subscribe("not-mine")
             sub = await client.subscribe("mine", last_sequence=0)
-            server.app.start("Write about owls", execution_id="mine", words=30)
+            await server.app.start("Write about owls", execution_id="mine", words=30)
             text = "".join([f.content async for f in sub])
             assert len(text.split()) == 30

@@ -1,4 +1,5 @@
-"""The demo's HTTP side with a stand-in workflow: validation, 409, bounds, cancellation."""
+"""The demo's HTTP side with a stand-in workflow: the runs API it uses, its `words` option, its
+page. (The runs API itself: tests/integration/test_runs_api.py.)"""
 
 from __future__ import annotations
 
@@ -17,10 +18,10 @@ class GatedWorkflow:
 
     def __init__(self) -> None:
         self.gate = asyncio.Event()
-        self.started: list[str] = []
+        self.inputs: dict[str, Any] = {}
 
     async def run(self, state: dict[str, Any], execution_id: str) -> dict[str, Any]:
-        self.started.append(execution_id)
+        self.inputs[execution_id] = state
         await self.gate.wait()
         return {**state, "content": f"text for {state['prompt']}"}
 
@@ -28,7 +29,7 @@ class GatedWorkflow:
 @pytest.fixture
 async def client_and_app() -> Any:
     workflow = GatedWorkflow()
-    demo = DemoApp(workflow, max_executions=3, max_running=2)
+    demo = DemoApp(workflow, max_executions=3, max_running=2, default_words=42)
     app = web.Application()
     demo.install(app)
     async with TestClient(TestServer(app)) as client:
@@ -40,19 +41,29 @@ async def test_start_then_read_a_run(client_and_app: Any) -> None:
     client, demo, workflow = client_and_app
     response = await client.post("/executions", json={"prompt": "tides", "executionId": "r1"})
     assert response.status == 202 and await response.json() == {"executionId": "r1"}
+    await asyncio.sleep(0)
     body = await (await client.get("/executions/r1")).json()
-    assert body == {"executionId": "r1", "status": "running", "result": None}
+    assert body == {
+        "executionId": "r1",
+        "workflow": "ai-content-generation",
+        "status": "started",
+        "result": None,
+    }
     workflow.gate.set()
     await demo.executions["r1"].task
     body = await (await client.get("/executions/r1")).json()
     assert body["status"] == "completed" and body["result"]["content"] == "text for tides"
 
 
-async def test_generated_ids_and_default_words(client_and_app: Any) -> None:
-    client, demo, _ = client_and_app
+async def test_words_reach_the_workflow_with_the_default_when_omitted(client_and_app: Any) -> None:
+    client, _, workflow = client_and_app
     body = await (await client.post("/executions", json={"prompt": "x"})).json()
+    await asyncio.sleep(0)
     assert body["executionId"].startswith("exec-")
-    assert demo.executions[body["executionId"]].words == demo.default_words
+    assert workflow.inputs[body["executionId"]] == {"prompt": "x", "words": 42}
+    await client.post("/executions", json={"prompt": "y", "words": 7, "executionId": "w"})
+    await asyncio.sleep(0)
+    assert workflow.inputs["w"] == {"prompt": "y", "words": 7}
 
 
 @pytest.mark.parametrize(
@@ -65,19 +76,21 @@ async def test_generated_ids_and_default_words(client_and_app: Any) -> None:
         ({"prompt": "x" * 10_001}, "invalid_prompt"),
         ({"prompt": "x", "words": "ten"}, "invalid_words"),
         ({"prompt": "x", "words": True}, "invalid_words"),
+        ({"prompt": "x", "words": 1_000_001}, "invalid_words"),
         ({"prompt": "x", "executionId": "../etc"}, "invalid_execution_id"),
         ({"prompt": "x", "executionId": 7}, "invalid_execution_id"),
     ],
 )
 async def test_bad_requests_get_a_clear_400(client_and_app: Any, payload: Any, code: str) -> None:
-    client, _, _ = client_and_app
+    client, demo, _ = client_and_app
     if isinstance(payload, str):
         response = await client.post("/executions", data=payload)
     else:
         response = await client.post("/executions", json=payload)
     assert response.status == 400
     body = await response.json()
-    assert set(body) == {"code", "message"} and body["code"] == code and body["message"]
+    assert body["code"] == code and body["message"] and set(body) == {"code", "message"}
+    assert not demo.executions
 
 
 async def test_a_taken_id_is_a_conflict_and_bounds_answer_503(client_and_app: Any) -> None:
@@ -86,7 +99,7 @@ async def test_a_taken_id_is_a_conflict_and_bounds_answer_503(client_and_app: An
         await client.post("/executions", json={"prompt": "a", "executionId": "a"})
     ).status == 202
     response = await client.post("/executions", json={"prompt": "b", "executionId": "a"})
-    assert response.status == 409
+    assert response.status == 409 and (await response.json())["code"] == "execution_exists"
     assert (await client.post("/executions", json={"prompt": "b"})).status == 202
     busy = await client.post("/executions", json={"prompt": "c"})
     assert busy.status == 503 and (await busy.json())["code"] == "busy"
@@ -96,7 +109,6 @@ async def test_a_taken_id_is_a_conflict_and_bounds_answer_503(client_and_app: An
     for prompt in ("c", "d"):
         assert (await client.post("/executions", json={"prompt": prompt})).status == 202
     assert "a" not in demo.executions and len(demo.executions) == 3
-    assert (await client.get("/executions/a")).status == 404
 
 
 async def test_shutdown_cancels_running_runs(client_and_app: Any) -> None:
@@ -105,7 +117,8 @@ async def test_shutdown_cancels_running_runs(client_and_app: Any) -> None:
     await asyncio.sleep(0)
     await demo.aclose()
     assert demo.executions["long"].status == "cancelled"
-    assert (await client.post("/executions", json={"prompt": "b"})).status == 503
+    refused = await client.post("/executions", json={"prompt": "b"})
+    assert refused.status == 503 and (await refused.json())["code"] == "shutting_down"
 
 
 async def test_the_page_and_its_assets_are_served(client_and_app: Any) -> None:

@@ -39,6 +39,10 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```([^\n`]*)\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 NO_RUN = "no-run"
+# An application recipe (docs/embedding.md) is a module a server imports: it is imported and
+# served by tests/integration/test_embedding.py, which must name every recipe.
+RECIPE = re.compile(r"<!-- recipe: ([\w-]+) -->\s*")
+EMBEDDING_TESTS = ROOT / "tests" / "integration" / "test_embedding.py"
 MAX_NO_RUN = 1
 MIN_PYTHON_BLOCKS = 10  # what the docs hold today: the extraction must not silently find none
 BLOCK_TIMEOUT = 90.0
@@ -128,6 +132,7 @@ class Block:
     line: int  # the first line of the code, 1-based
     info: tuple[str, ...]
     code: str
+    recipe: str | None = None  # ``<!-- recipe: NAME -->`` just above: an embedding recipe
 
     @property
     def name(self) -> str:
@@ -135,7 +140,7 @@ class Block:
 
     @property
     def runnable(self) -> bool:
-        return NO_RUN not in self.info[1:]
+        return NO_RUN not in self.info[1:] and self.recipe is None
 
 
 def python_blocks() -> list[Block]:
@@ -146,12 +151,22 @@ def python_blocks() -> list[Block]:
             info = tuple(match.group(1).split())
             if info[:1] == ("python",):
                 line = text.count("\n", 0, match.start(2)) + 1
-                blocks.append(Block(path, line, info, match.group(2)))
+                above = RECIPE.search(text, 0, match.start())
+                recipe = above.group(1) if above and above.end() == match.start() else None
+                blocks.append(Block(path, line, info, match.group(2), recipe))
     return blocks
 
 
 BLOCKS = python_blocks()
 RUNNABLE = [b for b in BLOCKS if b.runnable]
+RECIPES = [b for b in BLOCKS if b.recipe is not None]
+
+
+def test_every_recipe_is_run_by_the_embedding_tests() -> None:
+    served = set(re.findall(r'recipe\("([\w-]+)"', EMBEDDING_TESTS.read_text(encoding="utf-8")))
+    assert RECIPES, "docs/embedding.md's recipes were not found"
+    missing = [b.name for b in RECIPES if b.recipe not in served]
+    assert not missing, f"recipes no test imports and serves: {missing}"
 
 
 # --------------------------------------------------------------------------- a live server

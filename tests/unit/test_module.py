@@ -327,6 +327,9 @@ class RecordingGateway:
     async def start(self, host: str | None = None, port: int | None = None) -> None:
         self.calls.append(("start", host, port))
 
+    async def cancel_runs(self) -> None:
+        self.calls.append(("cancel_runs",))
+
     async def close_all(self, code: int, reason: str) -> None:
         self.calls.append(("close_all", code))
 
@@ -341,4 +344,4 @@ async def test_an_overridden_gateway_is_the_one_served() -> None:
     async with container:
         assert container.gateway() is fake
         assert fake.calls == [("start", None, None)]
-    assert fake.calls[1:] == [("close_all", CloseCode.GOING_AWAY), ("stop",)]
+    assert fake.calls[1:] == [("cancel_runs",), ("close_all", CloseCode.GOING_AWAY), ("stop",)]

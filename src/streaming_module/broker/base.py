@@ -10,10 +10,34 @@ same contract without changing the gateway.
 from __future__ import annotations
 
 import abc
+from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from streaming_module.protocol.frames import GAP, Frame
+
+
+@dataclass(slots=True)
+class RunRecord:
+    """What any instance can tell about a run: ``GET /executions/{id}`` answers from it.
+
+    ``status`` is ``"pending"``, ``"started"``, ``"completed"``, ``"failed"`` or ``"cancelled"``;
+    ``result`` the JSON-able final state (bounded in bytes by whoever saves it); ``error``
+    ``{"code", "message"}`` or a string when failed; ``updated`` an ISO timestamp.
+    """
+
+    execution_id: str
+    status: str
+    workflow: str | None = None
+    result: Any = None
+    error: Any = None
+    updated: str = ""
+
+
+RUN_RECORDS_KEPT = 10_000
+"""Run records the default (in-process) :meth:`Broker.save_run` keeps, oldest dropped first."""
+
 
 Listener = Callable[[Frame], None]
 """Called synchronously with each frame; must not block or await (queue and return)."""
@@ -91,6 +115,25 @@ class Broker(abc.ABC):
     def last_sequence(self, execution_id: str) -> int:
         """The sequence of the execution's latest frame (0 when none)."""
 
+    async def save_run(self, record: RunRecord) -> None:
+        """Keep ``record`` (replacing the execution's previous one) for :meth:`load_run`.
+
+        This default keeps at most :data:`RUN_RECORDS_KEPT` records in this process; a backend
+        shared by several processes overrides both methods so every instance sees them."""
+        records: OrderedDict[str, RunRecord] | None = getattr(self, "_run_records", None)
+        if records is None:
+            records = OrderedDict()
+            self._run_records = records
+        records[record.execution_id] = record
+        records.move_to_end(record.execution_id)
+        while len(records) > RUN_RECORDS_KEPT:
+            records.popitem(last=False)
+
+    async def load_run(self, execution_id: str) -> RunRecord | None:
+        """The last record saved for ``execution_id``, or None."""
+        records: OrderedDict[str, RunRecord] | None = getattr(self, "_run_records", None)
+        return records.get(execution_id) if records is not None else None
+
     async def ping(self) -> None:  # noqa: B027 - optional hook
         """Check the backend answers; raises :class:`BrokerError` saying what to check (no-op in
         memory). The server resource calls it before it starts listening."""
@@ -103,4 +146,13 @@ class Broker(abc.ABC):
         """Stop timers, drop subscriptions and logs."""
 
 
-__all__ = ["GAP", "Broker", "Frame", "Listener", "ListenerSubscription", "Subscription"]
+__all__ = [
+    "GAP",
+    "RUN_RECORDS_KEPT",
+    "Broker",
+    "Frame",
+    "Listener",
+    "ListenerSubscription",
+    "RunRecord",
+    "Subscription",
+]

@@ -23,6 +23,9 @@ Bounds (from :class:`~streaming_module.config.BrokerOptions`):
   (a client de-duplicating by sequence would silently drop the restarted ones) and a resume is
   never met with silence.
 
+Run records (:meth:`~InMemoryBroker.save_run`, read by ``GET /executions/{id}``): at most
+``max_executions``, the least recently saved dropped first.
+
 Everything is synchronous and runs on the caller's thread; ``subscribe`` does its replay and
 registration without yielding, so it is atomic with respect to concurrent ``publish`` calls.
 """
@@ -40,6 +43,7 @@ from streaming_module.broker.base import (
     Frame,
     Listener,
     ListenerSubscription,
+    RunRecord,
     Subscription,
 )
 from streaming_module.config import BrokerOptions
@@ -78,6 +82,8 @@ class InMemoryBroker(Broker):
         self._refused_logged = -1.0
         # Last sequence of evicted executions, oldest eviction first (see the module docstring).
         self._forgotten: OrderedDict[str, int] = OrderedDict()
+        # Run records (GET /executions/{id}), most recently saved last; same bound as executions.
+        self._runs: OrderedDict[str, RunRecord] = OrderedDict()
         self._closed = False
 
     # ------------------------------------------------------------------ state
@@ -153,8 +159,19 @@ class InMemoryBroker(Broker):
         retention = self.options.retention_after_end_ms / 1000
         ex.timer = self._clock.call_later(retention, lambda: self._evict(execution_id, ex))
 
+    async def save_run(self, record: RunRecord) -> None:
+        runs = self._runs
+        runs[record.execution_id] = record
+        runs.move_to_end(record.execution_id)
+        while len(runs) > self.options.max_executions:
+            runs.popitem(last=False)
+
+    async def load_run(self, execution_id: str) -> RunRecord | None:
+        return self._runs.get(execution_id)
+
     async def aclose(self) -> None:
         self._closed = True
+        self._runs.clear()
         for ex in self._executions.values():
             if ex.timer is not None:
                 ex.timer.cancel()

@@ -16,6 +16,8 @@ connection it compresses every frame, however small. So the gateway reaches into
 - :class:`ConnectionCap`: caps the TCP connections the server holds open, overall and per client
   address, by wrapping the low-level ``web.Server``'s ``connection_made``/``connection_lost``
   (every connection, before any byte of HTTP is parsed);
+- :func:`read_body_once`: reads a request's whole body (for checks before any handler) and puts
+  it back as the request's ``content`` stream, for handlers that read the stream;
 - :class:`GatewayWebSocketResponse`: refuses unmasked client frames (RFC 6455 5.1 says a server
   MUST; aiohttp's reader accepts them) by looking at each frame header before aiohttp's reader
   parses it, through the request handler's ``_payload_parser`` and ``_message_tail``.
@@ -35,7 +37,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import StreamReader, WSCloseCode, WSMsgType, web
 from aiohttp.http_websocket import WebSocketError
 
 from streaming_module.protocol.frames import Frame
@@ -234,6 +236,26 @@ class GatewayWebSocketResponse(web.WebSocketResponse):
                 handler.close()
 
 
+async def read_body_once(request: web.Request) -> bytes:
+    """The request's whole body (at most its ``client_max_size``, else aiohttp's 413), read now
+    and still readable afterwards both ways: ``request.read()``/``json()`` answer from aiohttp's
+    cache, and ``request.content`` is replaced by a stream holding the same bytes (the original
+    one is drained). Costs one copy of the body for as long as the request lives."""
+    body = await request.read()
+    drained = getattr(request, "_payload", None)
+    cache = getattr(request, "_cache", None)
+    if isinstance(drained, StreamReader) and drained.at_eof() and isinstance(cache, dict):
+        stream = StreamReader(
+            request.protocol, max(2**16, len(body)), loop=asyncio.get_running_loop()
+        )
+        if body:
+            stream.feed_data(body)
+        stream.feed_eof()
+        request._payload = stream
+        cache.pop("content", None)  # `content` is a cached property of `_payload`
+    return body
+
+
 _BUSY_BODY = (
     b'{"code":"too_many_connections","message":"this server holds as many connections as it '
     b'may (from your address or in all); retry in a few seconds"}'
@@ -348,6 +370,7 @@ __all__ = [
     "Transport",
     "WriterProtocol",
     "direct_transport",
+    "read_body_once",
     "send_text",
     "ws_frame",
     "ws_text_frame",

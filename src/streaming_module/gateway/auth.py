@@ -12,18 +12,27 @@ What a token must be to pass:
   accepted, whatever the token's header says) and the configured key;
 - not expired (``exp``, required unless ``require_exp=False``), not used before ``nbf`` or ``iat``,
   each with ``leeway`` seconds of tolerated clock skew, measured on the injected clock;
-- from ``issuer`` and for ``audience`` when those are configured (a token that names an audience
-  when none is configured is refused too);
+- from ``issuer`` and for ``audience`` (one name or a list; the token must name one of them)
+  when those are configured; a token that names an audience when none is configured is refused;
 - with, optionally, an ``executions`` claim: a list of execution ids the client may subscribe to.
   Without it the client may subscribe to any execution.
 
-Secrets and tokens are never logged nor put in error messages.
+Each verified token's expiry is kept (:attr:`Claims.expires_at`) and
+:meth:`JwtAuthenticator.seconds_left` says how long a connection it opened may stay open: until
+``exp`` plus ``leeway``, on the injected clock.
+
+Secrets and tokens are never logged nor put in error messages, not even in part: messages quote
+no client-supplied text that could be a token, and an enabled authenticator installs
+:class:`TokenRedactingFilter` on aiohttp's server loggers, whose "Error handling request" lines
+would otherwise quote the first 100 bytes of an oversized request line or header (where a token
+travels).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +57,15 @@ MAX_TOKEN_LENGTH = 8192
 """Longer tokens are refused before any decoding (no legitimate token is that big)."""
 
 _HMAC_MIN_BYTES = {"HS256": MIN_HMAC_SECRET_BYTES, "HS384": 48, "HS512": 64}
+_KNOWN_ALGORITHMS = frozenset(
+    {
+        "none", "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES256K",
+        "ES384", "ES512", "PS256", "PS384", "PS512", "EdDSA", "Ed25519", "Ed448",
+    }
+)  # fmt: skip
+"""Algorithm names a refusal may quote back; anything else in a token's header is not echoed."""
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,15}")
+"""What an ``Authorization`` scheme name looks like (``Basic``, ``Digest``, ``Negotiate`` ...)."""
 _HMAC_ALGORITHMS = frozenset(_HMAC_MIN_BYTES)
 _MANAGED_CLAIMS = frozenset({"sub", "iat", "exp", "iss", "aud", EXECUTIONS_CLAIM})
 
@@ -57,13 +75,15 @@ class Claims:
     """What a verified token says about its bearer.
 
     ``subject`` is the ``sub`` claim (``None`` when the token has none); ``executions`` is the set
-    of execution ids the bearer may subscribe to, or ``None`` for any; ``raw`` is the whole
-    verified payload.
+    of execution ids the bearer may subscribe to, or ``None`` for any; ``expires_at`` is the
+    ``exp`` claim in seconds since the epoch (``None`` when the token has none, which
+    ``require_exp=False`` allows); ``raw`` is the whole verified payload.
     """
 
     subject: str | None
     executions: frozenset[str] | None = None
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    expires_at: float | None = field(default=None, compare=False)
 
     def may_subscribe(self, execution_id: str) -> bool:
         """True when the bearer may subscribe to ``execution_id``: always without an
@@ -76,9 +96,65 @@ def _refuse(reason: str, message: str, **context: Any) -> AuthenticationError:
 
 
 def _short(value: object, limit: int = 40) -> str:
-    """A client-supplied value made safe to quote in a message: repr'd, truncated."""
+    """A value made short enough to quote in a message: repr'd, truncated. Never give it text
+    from a client that could be (part of) a token."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_REDACTIONS = (
+    # A JWT or any fragment of one: base64url of '{"' starts every header.
+    (re.compile(r"eyJ[A-Za-z0-9_\-]*(?:\.[A-Za-z0-9_\-]*){0,2}"), "[redacted]"),
+    # Whatever follows "Bearer" or "token=", even when it does not look like a JWT.
+    (re.compile(r"(?i)(bearer\s+|token=)[^\s&'\"\\,;]+"), r"\1[redacted]"),
+)
+
+REDACTED_LOGGERS = ("aiohttp.server", "aiohttp.access", "aiohttp.web", "aiohttp.websocket")
+"""The loggers an enabled authenticator puts a :class:`TokenRedactingFilter` on."""
+
+
+def redact_tokens(text: str) -> str:
+    """``text`` with every JWT-looking string, and whatever follows ``Bearer`` or ``token=``,
+    replaced by ``[redacted]``."""
+    for pattern, replacement in _REDACTIONS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class TokenRedactingFilter(logging.Filter):
+    """A :class:`logging.Filter` that removes tokens from a record before any handler sees it:
+    its message (arguments merged in) and its traceback (formatted here, then kept as
+    ``exc_text`` with ``exc_info`` cleared, so no formatter can print the raw exception).
+
+    Added to a *logger* (not a handler), it applies to that logger's own records, whichever
+    handlers they reach; :func:`install_token_redaction` adds it to aiohttp's server loggers.
+    """
+
+    _formatter = logging.Formatter()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = redact_tokens(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        if record.exc_info and record.exc_info[0] is not None:
+            text = record.exc_text or self._formatter.formatException(record.exc_info)
+            record.exc_text = redact_tokens(text)
+            record.exc_info = None
+        elif record.exc_text:
+            record.exc_text = redact_tokens(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact_tokens(record.stack_info)
+        return True
+
+
+def install_token_redaction(loggers: Iterable[str] = REDACTED_LOGGERS) -> None:
+    """Put one :class:`TokenRedactingFilter` on each named logger (once: calling it again adds
+    none)."""
+    for name in loggers:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, TokenRedactingFilter) for f in logger.filters):
+            logger.addFilter(TokenRedactingFilter())
 
 
 class JwtAuthenticator:
@@ -100,6 +176,10 @@ class JwtAuthenticator:
         self._algorithms = list(options.algorithms)
         self._secret = options.resolved_secret()
         self._check_configuration()
+        if options.enabled:
+            # aiohttp quotes the start of an oversized request line or header when it refuses
+            # one; with authentication on, that is where a token travels.
+            install_token_redaction()
 
     def _check_configuration(self) -> None:
         options = self._options
@@ -117,6 +197,16 @@ class JwtAuthenticator:
                 "pip install 'pyjwt[crypto]'",
                 errors=[("gateway.authentication.algorithms", "needs pyjwt[crypto]")],
             )
+        if hmac and self._secret is not None:
+            key = self._secret.encode()
+            if jwt.utils.is_pem_format(key) or jwt.utils.is_ssh_key(key):
+                raise StreamingConfigError(
+                    f"authentication.secret_key is a PEM or SSH key but algorithms are {hmac}: "
+                    "a public key must never double as an HMAC secret (anyone holding it could "
+                    "sign tokens); use an asymmetric algorithm such as RS256 with it, or a "
+                    "random secret with HS256",
+                    errors=[("gateway.authentication.secret_key", "a key used as HMAC secret")],
+                )
         if self._secret is None:
             if options.enabled:
                 raise StreamingConfigError(
@@ -165,10 +255,16 @@ class JwtAuthenticator:
         scheme, _, rest = header.strip().partition(" ")
         credentials = rest.strip()
         if scheme.lower() != "bearer" or not credentials or " " in credentials:
+            # Quote the scheme only when it is a scheme's name: a bare token is no scheme.
+            got = (
+                f"got scheme {scheme!r}"
+                if _SCHEME.fullmatch(scheme) and scheme.lower() != "bearer"
+                else "got something else"
+            )
             raise _refuse(
                 "malformed_header",
-                "the Authorization header must read 'Bearer <token>' (got scheme "
-                f"{_short(scheme, 20)}); or pass the token as ?token=<token>",
+                f"the Authorization header must read 'Bearer <token>' ({got}); or pass the "
+                "token as ?token=<token>",
             )
         return credentials
 
@@ -273,24 +369,37 @@ class JwtAuthenticator:
             raise _refuse("invalid", "the server could not verify the token") from None
         except jwt.InvalidTokenError as exc:
             raise _refuse("invalid", f"the token is invalid ({type(exc).__name__})") from None
-        self._check_times(payload)
-        return self._claims(payload)
+        expires_at = self._check_times(payload)
+        return self._claims(payload, expires_at)
+
+    def seconds_left(self, claims: Claims) -> float | None:
+        """How long, from now on the injected clock, a connection authenticated with ``claims``
+        may stay open: until the token's ``exp`` plus ``leeway``, then it must be closed (4401).
+        ``None`` for a token without ``exp``; 0.0 once that moment has passed. Schedule the
+        close with ``clock.call_later(seconds_left, ...)``."""
+        if claims.expires_at is None:
+            return None
+        deadline = claims.expires_at + self._options.leeway
+        return max(0.0, deadline - self._clock.now().timestamp())
 
     def _algorithm_refusal(self, token: str) -> AuthenticationError:
         try:
             alg: object = jwt.get_unverified_header(token).get("alg")
         except jwt.InvalidTokenError:
             alg = None
+        # Only a known algorithm's name is quoted back: the header is the client's text.
+        known = alg if isinstance(alg, str) and alg in _KNOWN_ALGORITHMS else None
         allowed = ", ".join(self._algorithms)
+        shown = repr(known) if known is not None else "(not a known JWT algorithm)"
         return _refuse(
             "algorithm_not_allowed",
-            f"the token's algorithm {_short(alg, 20)} is not allowed; this server accepts "
-            f"{allowed} only",
-            algorithm=alg if isinstance(alg, str) else None,
+            f"the token's algorithm {shown} is not allowed; this server accepts {allowed} only",
+            algorithm=known,
             allowed=list(self._algorithms),
         )
 
-    def _check_times(self, payload: Mapping[str, Any]) -> None:
+    def _check_times(self, payload: Mapping[str, Any]) -> float | None:
+        """Refuse a token out of its validity period; return its ``exp`` (``None``: none)."""
         now = self._clock.now().timestamp()
         leeway = self._options.leeway
         exp = self._numeric_date(payload, "exp")
@@ -309,6 +418,7 @@ class JwtAuthenticator:
                     "check the clocks or raise authentication.leeway)",
                     claim=claim,
                 )
+        return exp
 
     @staticmethod
     def _numeric_date(payload: Mapping[str, Any], claim: str) -> float | None:
@@ -322,7 +432,7 @@ class JwtAuthenticator:
         return float(value)
 
     @staticmethod
-    def _claims(payload: dict[str, Any]) -> Claims:
+    def _claims(payload: dict[str, Any], expires_at: float | None) -> Claims:
         executions: frozenset[str] | None = None
         if EXECUTIONS_CLAIM in payload:
             value = payload[EXECUTIONS_CLAIM]
@@ -338,6 +448,7 @@ class JwtAuthenticator:
             subject=subject if isinstance(subject, str) else None,
             executions=executions,
             raw=payload,
+            expires_at=expires_at,
         )
 
     def issue_token(
@@ -397,4 +508,12 @@ class JwtAuthenticator:
             ) from None
 
 
-__all__ = ["EXECUTIONS_CLAIM", "Claims", "JwtAuthenticator"]
+__all__ = [
+    "EXECUTIONS_CLAIM",
+    "REDACTED_LOGGERS",
+    "Claims",
+    "JwtAuthenticator",
+    "TokenRedactingFilter",
+    "install_token_redaction",
+    "redact_tokens",
+]

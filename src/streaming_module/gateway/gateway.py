@@ -17,7 +17,7 @@ import json
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, hdrs, web
 from aiohttp.abc import AbstractAccessLogger
@@ -34,7 +34,11 @@ from streaming_module.errors import (
     RateLimitError,
     WebSocketError,
 )
-from streaming_module.gateway._aiohttp import ConnectionCap, GatewayWebSocketResponse
+from streaming_module.gateway._aiohttp import (
+    ConnectionCap,
+    GatewayWebSocketResponse,
+    read_body_once,
+)
 from streaming_module.gateway.auth import JwtAuthenticator
 from streaming_module.gateway.connection import ClientConnection, ClientSubscription
 from streaming_module.gateway.cors import check_origin, cors_middleware
@@ -57,6 +61,9 @@ from streaming_module.protocol.messages import (
     UnsubscribeExecution,
     decode_client_message,
 )
+
+if TYPE_CHECKING:
+    from streaming_module.gateway.runs import RunsApi
 
 logger = logging.getLogger("streaming_module.gateway")
 
@@ -143,6 +150,7 @@ class StreamingWebSocketGateway:
         self._port: int | None = None
         self._host: str | None = None
         self._accepting = True
+        self._runs: RunsApi | None = None
         self.connection_cap: ConnectionCap | None = None
         """The cap on open TCP connections while serving (see :meth:`start`)."""
         self.app = web.Application(
@@ -221,6 +229,30 @@ class StreamingWebSocketGateway:
         app.router.add_get(path, self.websocket_handler)
         app.on_shutdown.append(self._on_shutdown)
 
+    @property
+    def runs(self) -> RunsApi:
+        """The runs API on this gateway's app (``POST /executions``, SSE, AG-UI, AI SDK; see
+        ``gateway/runs.py``), created and mounted on first use — before the server starts."""
+        if self._runs is None:
+            from streaming_module.gateway.runs import RunsApi
+
+            self._runs = RunsApi(self.broker, authenticator=self._authenticator, cors=self._cors)
+            self._runs.setup(self.app)
+        return self._runs
+
+    def register_workflow(self, name: str, workflow: Any, **options: Any) -> None:
+        """Serve ``workflow`` over HTTP as ``name``: start, read, cancel and watch its runs.
+        ``options`` are :meth:`RunsApi.register`'s (``make_input``, ``options``, ``agui``,
+        ``ai_chat``, ``default``)."""
+        self.runs.register(name, workflow, **options)
+
+    async def cancel_runs(self) -> None:
+        """Cancel the runs this gateway's runs API started (each publishes its final status)
+        and wait for them; nothing to do when no workflow was registered. The ``server``
+        resource calls it first on shutdown, while the services still run."""
+        if self._runs is not None:
+            await self._runs.aclose()
+
     def set_index_handler(self, handler: Handler | None) -> None:
         """What ``GET /`` without an Upgrade header answers (the demo page, typically); by
         default a short JSON description."""
@@ -296,7 +328,15 @@ class StreamingWebSocketGateway:
     # ------------------------------------------------------------------ HTTP
     async def _health(self, request: web.Request) -> web.Response:
         return web.json_response(
-            {"status": "ok", "connections": len(self._connections), "accepting": self._accepting}
+            {
+                "status": "ok",
+                "connections": len(self._connections),
+                "accepting": self._accepting,
+                # What a soak watches for leaks (bench/soak.py): O(connections + tasks) per call.
+                "subscriptions": sum(len(c.subscriptions) for c in self._connections.values()),
+                "executions": getattr(self.broker, "execution_count", None),
+                "tasks": len(asyncio.all_tasks()),
+            }
         )
 
     async def _root(self, request: web.Request) -> web.StreamResponse:
@@ -330,7 +370,7 @@ class StreamingWebSocketGateway:
         if request.body_exists:
             try:
                 async with asyncio.timeout(self.options.websocket.request_timeout_ms / 1000):
-                    body = await request.read()
+                    body = await read_body_once(request)
             except TimeoutError:
                 return web.json_response(
                     {

@@ -68,6 +68,9 @@ async def serve(
     try:
         yield gateway
     finally:
+        # 0. runs the gateway started over HTTP are cancelled while the services still run, so
+        #    each publishes its final status
+        await gateway.cancel_runs()
         # 1. tokens still buffered reach the bridge -> broker -> client queues
         await _aclose("token streaming", token_streaming)
         await _aclose("progress tracking", progress_tracking)

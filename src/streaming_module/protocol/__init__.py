@@ -9,7 +9,10 @@ aiohttp, no Redis. The gateway, the brokers and the client are adapters around t
   builders a client encodes them with;
 - :mod:`~streaming_module.protocol.updates`: ``frame_from_update``, what a service's update is on
   the wire;
-- :mod:`~streaming_module.protocol.coalesce`: merging consecutive token frames.
+- :mod:`~streaming_module.protocol.coalesce`: merging consecutive token frames;
+- :mod:`~streaming_module.protocol.sse`, :mod:`~streaming_module.protocol.agui`,
+  :mod:`~streaming_module.protocol.aisdk`: our frames as native SSE, AG-UI events and AI SDK UI
+  message stream parts.
 
 Import from the module itself; this package imports nothing, so that
 ``streaming_module.errors`` can use the close codes without a cycle.

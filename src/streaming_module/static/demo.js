@@ -464,7 +464,23 @@
     setStatus("connecting");
     updateStats();
     log("conn", "new run " + run.id);
+    // protocols.js watches the run over SSE, AG-UI or the AI SDK stream when one is selected.
+    if (window.streamingProtocols && window.streamingProtocols.start(run.id, pageApi(run))) return;
     connect();
+  }
+
+  // What protocols.js may do to the page for the run it watches.
+  function pageApi(current) {
+    var mine = function (f) { return function () { if (run === current) return f.apply(null, arguments); }; };
+    return {
+      token: token, authHeaders: authHeaders,
+      prompt: function () { return el.prompt.value; },
+      words: function () { return parseInt(el.words.value, 10) || 300; },
+      applyFrame: mine(onFrame), log: mine(log), setConnection: mine(setConnection), fail: mine(fail),
+      post: mine(startExecution),
+      noteReconnect: mine(function () { current.reconnects += 1; updateStats(); }),
+      setExecutionId: mine(function (id) { current.id = id; el.executionId.textContent = id; })
+    };
   }
 
   el.form.addEventListener("submit", function (event) {
@@ -481,6 +497,7 @@
   // closes the socket as a network failure would; the page then reconnects and resumes.
   window.streamingDemo = {
     dropConnection: function () {
+      if (window.streamingProtocols && window.streamingProtocols.drop()) return true;
       if (run && run.socket) run.socket.close(4000, "dropped on purpose");
       return !!(run && run.socket);
     },
