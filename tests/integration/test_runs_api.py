@@ -237,6 +237,33 @@ async def test_bounds_a_body_too_large_and_a_result_too_large_for_the_record() -
         assert record.status == "completed" and record.result is None
 
 
+async def test_one_token_subject_cannot_take_every_run_slot() -> None:
+    async with (
+        serve(jwt_secret=SECRET, max_running=4, max_running_per_subject=2) as server,
+        aiohttp.ClientSession() as session,
+    ):
+        greedy = {"Authorization": f"Bearer {token(sub='greedy')}"}
+        other = {"Authorization": f"Bearer {token(sub='other')}"}
+        start = server.url + "/executions"
+        for n in range(2):
+            body = {"workflow": "blocker", "prompt": "x", "executionId": f"g{n}"}
+            async with session.post(start, headers=greedy, json=body) as response:
+                assert response.status == 202
+        body = {"workflow": "blocker", "prompt": "x", "executionId": "g2"}
+        async with session.post(start, headers=greedy, json=body) as response:
+            assert response.status == 429
+            refusal = await response.json()
+        assert refusal["code"] == "too_many_runs" and "at most 2" in refusal["message"]
+        # Everyone else still gets a run slot, and the refused id was never taken.
+        body = {"workflow": "blocker", "prompt": "x", "executionId": "o0"}
+        async with session.post(start, headers=other, json=body) as response:
+            assert response.status == 202
+        async with session.get(start + "/g2", headers=greedy) as response:
+            assert response.status == 404
+        server.gate.release.set()
+        await wait_status(session, f"{start}/g0?token={token(sub='greedy')}", "completed")
+
+
 @pytest.mark.parametrize("bad", ["-1", "1.5", "x" * 100])
 def test_resume_points_are_parsed_strictly(bad: str) -> None:
     with pytest.raises(sse.ResumeError):

@@ -14,6 +14,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -21,6 +22,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from streaming_module.config import StreamTokenOptions
 from streaming_module.core.clock import FakeClock
 from streaming_module.core.token_buffer import TokenBuffer
+from streaming_module.errors import TokenStreamingError
 from streaming_module.services.token_streaming import TokenStreamingService
 from streaming_module.types import StreamUpdate, TokenData
 
@@ -270,7 +272,11 @@ async def _scenario(
                 life.deadlines.append(deadline)
                 life.largest_batch.append(config.get("batch_size") or config["buffer_size"])
         elif op == "flush":
-            await service.flush_tokens(*KEYS[target])
+            if service.has_token_stream(*KEYS[target]):
+                await service.flush_tokens(*KEYS[target])
+            else:  # never opened, or closed: the same clear error as stream_token
+                with pytest.raises(TokenStreamingError, match=":".join(KEYS[target])):
+                    await service.flush_tokens(*KEYS[target])
         elif op == "advance":
             clock.advance(argument)
         elif op == "close":
@@ -292,14 +298,13 @@ async def _scenario(
         mine = [u for u in everything.updates if (u.execution_id, u.node_id) == key]
         runs: list[list[StreamUpdate[TokenData]]] = []
         for update in mine:
-            if update.metadata.sequence_number == 1:
+            if update.data.index == 0:  # a stream's token indexes start at 0 each time it opens
                 runs.append([])
             runs[-1].append(update)
         with_tokens = [life for life in lifetimes[key] if life.expected]
         assert len(runs) == len(with_tokens), key
         for run, life in zip(runs, with_tokens, strict=True):
             assert "".join(u.data.content for u in run) == "".join(life.expected), key
-            assert [u.metadata.sequence_number for u in run] == list(range(1, len(run) + 1))
             assert run[0].data.index == 0
             for before, after in itertools.pairwise(run):
                 assert after.data.index == before.data.total_tokens
@@ -321,7 +326,7 @@ async def _scenario(
         lives = iter([life for life in lifetimes[key] if life.expected])
         life = None
         for update, received in mine:
-            if update.metadata.sequence_number == 1:
+            if update.data.index == 0:
                 life = next(lives)
             assert life is not None
             for i in range(update.data.index, update.data.total_tokens):
@@ -330,6 +335,15 @@ async def _scenario(
             # A buffer flushes when full: no update holds more than its config allows.
             count = update.data.total_tokens - update.data.index
             assert count <= life.largest_batch[update.data.index], (key, update.data)
+
+    # sequence_number counts an execution's updates, all nodes together, from 1; it restarts
+    # only when the execution is released (all its streams closed).
+    for execution_id in EXECUTIONS:
+        numbers = [u.metadata.sequence_number for u in everything.updates
+                   if u.execution_id == execution_id]  # fmt: skip
+        for before, after in itertools.pairwise(numbers):
+            assert after in (before + 1, 1), (execution_id, numbers)
+        assert numbers[:1] in ([], [1])
 
     # 3. Node- and execution-level subscribers saw exactly the global updates of theirs.
     for key, sub in node_subs.items():

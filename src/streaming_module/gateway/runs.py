@@ -19,7 +19,9 @@ enabled, a missing or bad token gets 401 before any 400, 404 or 204; a token wit
 ``executions`` claim may only start, read, cancel and watch the executions it lists.
 
 Bounds (:class:`RunsOptions`): at most ``max_running`` runs at once and ``max_executions`` runs
-remembered (oldest finished forgotten first; past either, 503 ``busy``); request bodies up to
+remembered (oldest finished forgotten first; past either, 503 ``busy``); with authentication, at
+most ``max_running_per_subject`` runs at once per token subject (``sub``; past it, 429
+``too_many_runs``), so one token holder cannot take every run slot; request bodies up to
 ``max_body_bytes`` (413); a run's result kept here up to ``max_result_bytes`` and in the broker's
 record up to ``max_record_bytes`` (larger results are not kept: ``result`` is null with
 ``resultOmitted: true``), and results kept here total at most ``max_retained_bytes``.
@@ -148,6 +150,7 @@ class RunsOptions:
 
     max_executions: int = 1000
     max_running: int = 64
+    max_running_per_subject: int = 8
     max_body_bytes: int = 256 * 1024
     max_prompt_length: int = 10_000
     max_result_bytes: int = 64 * 1024 * 1024
@@ -174,6 +177,7 @@ class Run:
     finished: float | None = None
     task: asyncio.Task[None] | None = field(default=None, repr=False)
     chat_id: str | None = None
+    subject: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return _describe(
@@ -447,14 +451,24 @@ class RunsApi:
                 f"execution {execution_id!r} already exists; choose another executionId",
             )
         workflow_input = registration.make_input(request)
-        running = sum(1 for r in self.runs.values() if r.status not in FINAL)
-        if running >= self.options.max_running:
+        subject = claims.subject if claims is not None else None
+        running = [r for r in self.runs.values() if r.status not in FINAL]
+        if len(running) >= self.options.max_running:
             raise HttpError(
-                503, "busy", f"{running} runs are in progress; try again when one finishes"
+                503, "busy", f"{len(running)} runs are in progress; try again when one finishes"
             )
+        if claims is not None:
+            mine = sum(1 for r in running if r.subject == subject)
+            if mine >= self.options.max_running_per_subject:
+                raise HttpError(
+                    429,
+                    "too_many_runs",
+                    f"this token's subject already has {mine} runs in progress (at most "
+                    f"{self.options.max_running_per_subject}); wait for one to finish",
+                )
         self._make_room(self.options.max_executions - 1)
         await self._ensure_control()
-        run = Run(execution_id, registration.name, chat_id=chat_id)
+        run = Run(execution_id, registration.name, chat_id=chat_id, subject=subject)
         self.runs[execution_id] = run
         await self._save(run)
         if chat_id is not None:
