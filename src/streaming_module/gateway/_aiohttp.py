@@ -33,13 +33,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-import time
-from collections.abc import Callable
 from typing import Any, Protocol
 
 from aiohttp import StreamReader, WSCloseCode, WSMsgType, web
 from aiohttp.http_websocket import WebSocketError
 
+from streaming_module.gateway.limits import LogThrottle
 from streaming_module.protocol.frames import Frame
 
 _PACK_LEN2 = struct.Struct("!BBH").pack
@@ -276,7 +275,7 @@ class ConnectionCap:
     ``max_per_address`` from one client address (``None``: no cap). A connection over a cap
     gets :data:`BUSY_RESPONSE` (HTTP 503, ``Retry-After: 5``) and is closed at once, before any
     of its bytes is parsed, so it costs its file descriptor for a moment only. Refusals are
-    logged at most once a second, with how many there were.
+    logged at most once per ``log_throttle`` interval, with how many there were.
 
     Counts every connection: idle keep-alive ones, requests in progress, upgraded WebSockets.
     Cost: a dict lookup per connection opened and closed; memory: one entry per address with an
@@ -287,8 +286,7 @@ class ConnectionCap:
         max_total: int | None,
         max_per_address: int | None = None,
         *,
-        log_interval: float = 1.0,
-        monotonic: Callable[[], float] = time.monotonic,
+        log_throttle: LogThrottle | None = None,
     ) -> None:
         self.max_total = max_total
         self.max_per_address = max_per_address
@@ -297,10 +295,7 @@ class ConnectionCap:
         """Connections refused since this cap was made."""
         self._by_address: dict[str, int] = {}
         self._address_of: dict[Any, str] = {}
-        self._log_interval = log_interval
-        self._monotonic = monotonic
-        self._logged_at = -float("inf")
-        self._quiet = 0
+        self._log_throttle = log_throttle if log_throttle is not None else LogThrottle()
 
     def open_from(self, address: str) -> int:
         return self._by_address.get(address, 0)
@@ -332,34 +327,31 @@ class ConnectionCap:
         peer = transport.get_extra_info("peername")
         address = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
         if self.max_total is not None and self.open >= self.max_total:
-            self._refuse(transport, address, "in all", self.max_total)
+            self._refuse(transport, "in all", self.max_total)
             return False
         held = self._by_address.get(address, 0)
         if self.max_per_address is not None and held >= self.max_per_address:
-            self._refuse(transport, address, f"from {address}", self.max_per_address)
+            self._refuse(transport, f"from {address}", self.max_per_address)
             return False
         self.open += 1
         self._by_address[address] = held + 1
         self._address_of[handler] = address
         return True
 
-    def _refuse(self, transport: asyncio.Transport, address: str, scope: str, cap: int) -> None:
+    def _refuse(self, transport: asyncio.Transport, scope: str, cap: int) -> None:
         self.refused += 1
         try:
             transport.write(BUSY_RESPONSE)
         finally:
             transport.close()
-        now = self._monotonic()
-        if now - self._logged_at < self._log_interval:
-            self._quiet += 1
-            return
-        _log.warning(
-            "refusing connections: %d open %s (the cap); %d more refused since the last line",
-            cap,
-            scope,
-            self._quiet,
-        )
-        self._logged_at, self._quiet = now, 0
+        quiet = self._log_throttle.allow(scope)
+        if quiet is not None:
+            _log.warning(
+                "refusing connections: %d open %s (the cap); %d more refused since the last line",
+                cap,
+                scope,
+                quiet,
+            )
 
 
 __all__ = [

@@ -185,6 +185,7 @@ class ClientConnection:
         self._compress_threshold = compress_threshold
         self._heartbeat = heartbeat if heartbeat is not None and heartbeat.enabled else None
         self._timer: TimerHandle | None = None
+        self._expiry: TimerHandle | None = None
         self._ping_heard = 0
         self._writer: asyncio.Task[None] | None = None
         self._writing = False  # the writer task is inside a send
@@ -239,6 +240,22 @@ class ClientConnection:
         self._writer = asyncio.create_task(self._write_loop(), name=f"ws-writer-{self.id}")
         if self._heartbeat is not None:
             self._timer = self._clock.call_later(self._heartbeat.interval / 1000, self._ping_due)
+
+    def expire_in(self, seconds: float) -> None:
+        """Close with ``CloseCode.UNAUTHORIZED`` (reason ``token expired``) ``seconds`` from now
+        on the injected clock: when the token the connection was opened with stops being
+        valid."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self._expiry = self._clock.call_later(max(0.0, seconds), self._token_expired)
+
+    def _token_expired(self) -> None:
+        self._expiry = None
+        if self._closer is None:
+            logger.info(
+                "client %s: its token expired; closing with %d", self.id, CloseCode.UNAUTHORIZED
+            )
+            self.close_soon(CloseCode.UNAUTHORIZED, "token expired")
 
     def heard_from_client(self) -> None:
         self.heard += 1
@@ -492,6 +509,9 @@ class ClientConnection:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
 
     # ------------------------------------------------------------------ closing
     async def _close(self, code: int, reason: str, drain_timeout: float) -> None:

@@ -39,10 +39,15 @@ from streaming_module.gateway._aiohttp import (
     GatewayWebSocketResponse,
     read_body_once,
 )
-from streaming_module.gateway.auth import JwtAuthenticator
+from streaming_module.gateway.auth import Claims, JwtAuthenticator
 from streaming_module.gateway.connection import ClientConnection, ClientSubscription
 from streaming_module.gateway.cors import check_origin, cors_middleware
-from streaming_module.gateway.limits import ConnectionRateLimiter, RequestRateLimiter
+from streaming_module.gateway.limits import (
+    ConnectionRateLimiter,
+    RequestRateLimiter,
+    ThrottledLogFilter,
+    default_max_open_connections,
+)
 from streaming_module.protocol.close_codes import CloseCode
 from streaming_module.protocol.frames import (
     GAP,
@@ -87,23 +92,12 @@ MAX_BODY_DEPTH = 64
 """How deeply an HTTP request body may nest JSON arrays and objects; deeper bodies get 400
 ``too_deep`` before any handler parses them."""
 
-DESCRIPTOR_RESERVE = 64
-"""File descriptors kept back from connections when their cap is derived from the process's
-limit (files, Redis, the listening socket)."""
-
-
-def default_max_connections() -> int | None:
-    """The cap on TCP connections held open at once: the soft ``RLIMIT_NOFILE`` less a tenth
-    of it (at least :data:`DESCRIPTOR_RESERVE`), so that accepting never fails for want of a
-    descriptor; ``None`` where the limit cannot be read or is unlimited."""
-    try:
-        import resource
-    except ImportError:  # pragma: no cover - not on Unix
-        return None
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        return None
-    return max(1, soft - max(DESCRIPTOR_RESERVE, soft // 10))
+ACCEPT_LOG_FILTER = ThrottledLogFilter(
+    match=lambda record: record.getMessage().startswith("socket.accept()")
+)
+"""On the ``asyncio`` logger while a gateway serves: a failing ``accept()`` (out of file
+descriptors, say) is logged at most once a second, with a count, instead of a traceback each
+time."""
 
 
 class RedactingAccessLogger(AbstractAccessLogger):
@@ -143,7 +137,7 @@ class StreamingWebSocketGateway:
         gateway = self.options.gateway
         self._cors = gateway.cors_options
         self._authenticator = JwtAuthenticator(gateway.authentication, self.clock)
-        self._connection_limiter = ConnectionRateLimiter(gateway.rate_limit, self.clock)
+        self._connection_limiter = ConnectionRateLimiter.from_options(self.options, self.clock)
         self._connections: dict[str, ClientConnection] = {}
         self._index_handler: Handler | None = None
         self._runner: web.AppRunner | None = None
@@ -200,8 +194,17 @@ class StreamingWebSocketGateway:
         )
         await runner.setup()
         assert runner.server is not None
-        self.connection_cap = ConnectionCap(default_max_connections())
+        # Every TCP connection, before any HTTP: a backstop below the file-descriptor limit
+        # (WebSocket connections are capped again, with a 429, at the upgrade).
+        rate_limit = self.options.gateway.rate_limit
+        self.connection_cap = ConnectionCap(
+            default_max_open_connections(),
+            2 * rate_limit.max_open_connections_per_address if rate_limit is not None else None,
+        )
         self.connection_cap.install(runner.server)
+        asyncio_logger = logging.getLogger("asyncio")
+        if ACCEPT_LOG_FILTER not in asyncio_logger.filters:
+            asyncio_logger.addFilter(ACCEPT_LOG_FILTER)
         site = web.TCPSite(runner, host, port)
         try:
             await site.start()
@@ -411,10 +414,15 @@ class StreamingWebSocketGateway:
                 503,
                 {"Retry-After": "1"},
             )
+        limiter = self._connection_limiter
         try:
             check_origin(self._cors, request.headers.get(hdrs.ORIGIN), request.host, request.scheme)
-            self._connection_limiter.check_connection(request.remote)
+            # Two steps, so that a refused token spends only its own address's budget: the
+            # attempt counts against that address; the server-wide count and the open-connection
+            # slot are taken only once the token passed.
+            limiter.check_attempt(request.remote)
             claims = self._authenticator.authenticate_request(request)
+            slot = limiter.admit(request.remote)
         except ForbiddenError as exc:
             return _refusal(exc, 403)
         except RateLimitError as exc:
@@ -427,6 +435,11 @@ class StreamingWebSocketGateway:
             challenge = 'Bearer error="invalid_token"' if given else "Bearer"
             return _refusal(exc, 401, {"WWW-Authenticate": challenge})
 
+        with slot:  # the open-connection caps count it until it ends
+            return await self._serve(request, claims)
+
+    async def _serve(self, request: web.Request, claims: Claims | None) -> web.StreamResponse:
+        """An admitted upgrade, until its connection ends."""
         ws_options = self.options.websocket
         compression = self.options.gateway.compression
         ws = GatewayWebSocketResponse(
@@ -452,6 +465,10 @@ class StreamingWebSocketGateway:
         )
         self._connections[client_id] = connection
         connection.start()
+        if claims is not None:
+            seconds_left = self._authenticator.seconds_left(claims)
+            if seconds_left is not None:  # closed with 4401 at exp + leeway
+                connection.expire_in(seconds_left)
         logger.info("client %s connected from %s", client_id, request.remote)
         try:
             await self._read_loop(
@@ -548,6 +565,13 @@ class StreamingWebSocketGateway:
         payload = message.payload
         execution_id = payload.execution_id
         claims = connection.claims
+        if isinstance(claims, Claims) and self._authenticator.seconds_left(claims) == 0:
+            # (its close at exp is due now too; answer first, so the client knows why)
+            connection.send_error(
+                "unauthorized", "the token expired: reconnect with a fresh one and subscribe again"
+            )
+            await connection.close(CloseCode.UNAUTHORIZED, "token expired", drain_timeout=0.5)
+            return
         if claims is not None and not claims.may_subscribe(execution_id):
             raise ForbiddenError(
                 f"this token may not subscribe to execution {execution_id!r} (its 'executions' "
