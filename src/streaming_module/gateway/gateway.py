@@ -32,6 +32,7 @@ from streaming_module.errors import (
     ForbiddenError,
     ProtocolError,
     RateLimitError,
+    StreamingConfigError,
     WebSocketError,
 )
 from streaming_module.gateway._aiohttp import (
@@ -92,6 +93,16 @@ MAX_BODY_DEPTH = 64
 """How deeply an HTTP request body may nest JSON arrays and objects; deeper bodies get 400
 ``too_deep`` before any handler parses them."""
 
+TOKEN_REFRESH_PATH = "/auth/refresh"
+"""Where :meth:`StreamingWebSocketGateway.enable_token_refresh` serves by default."""
+
+MAX_SESSION_SECONDS = 24 * 3600
+"""How long after a token chain's first token (its ``auth_time``, else its ``iat``) refreshing
+stops: a stolen token cannot be kept alive forever; its bearer must get a new one from whoever
+issues tokens."""
+
+_NOT_CARRIED = frozenset({"sub", "iat", "exp", "nbf", "iss", "aud", "executions", "auth_time"})
+
 ACCEPT_LOG_FILTER = ThrottledLogFilter(
     match=lambda record: record.getMessage().startswith("socket.accept()")
 )
@@ -145,6 +156,7 @@ class StreamingWebSocketGateway:
         self._host: str | None = None
         self._accepting = True
         self._runs: RunsApi | None = None
+        self._max_session: float = MAX_SESSION_SECONDS
         self.connection_cap: ConnectionCap | None = None
         """The cap on open TCP connections while serving (see :meth:`start`)."""
         self.app = web.Application(
@@ -255,6 +267,56 @@ class StreamingWebSocketGateway:
         resource calls it first on shutdown, while the services still run."""
         if self._runs is not None:
             await self._runs.aclose()
+
+    def enable_token_refresh(
+        self, path: str = TOKEN_REFRESH_PATH, *, max_session: float = MAX_SESSION_SECONDS
+    ) -> None:
+        """Serve ``POST path``: a valid token (same rules as everywhere) is traded for a fresh
+        one with the same subject, ``executions`` and other claims, valid for ``expires_in`` —
+        ``{"token", "expiresAt"}`` — until ``max_session`` seconds after the chain's first token
+        (then 401 ``session_expired``). For pages that keep a connection longer than a token
+        lives (the demo page refreshes at 80% of its token's life). Off unless called: it lets
+        any token holder extend its token, so only a server that issues tokens should offer it.
+        Call it before the server starts; needs the signing secret (``HS*``)."""
+        if not self._authenticator.enabled:
+            raise StreamingConfigError(
+                "token refresh needs authentication enabled (gateway.authentication.enabled)",
+                errors=[("gateway.authentication.enabled", "required for token refresh")],
+            )
+        self._max_session = max_session
+        self.app.router.add_post(path, self._refresh_token)
+
+    async def _refresh_token(self, request: web.Request) -> web.Response:
+        try:
+            claims = self._authenticator.authenticate_request(request)
+            assert claims is not None  # authentication is enabled
+            raw = claims.raw
+            started = raw.get("auth_time", raw.get("iat"))
+            now = self.clock.now().timestamp()
+            if claims.subject is None or not isinstance(started, (int, float)):
+                raise AuthenticationError(
+                    "only a token with 'sub' and 'iat' can be refreshed; get a new one",
+                    context={"reason": "not_refreshable"},
+                )
+            if now - started > self._max_session:
+                raise AuthenticationError(
+                    f"this token's session began over {self._max_session:g} s ago and cannot be "
+                    "extended any more; get a new token",
+                    context={"reason": "session_expired"},
+                )
+        except AuthenticationError as exc:
+            return _http_error(exc, 401, {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        carried = {k: v for k, v in raw.items() if k not in _NOT_CARRIED}
+        token = self._authenticator.issue_token(
+            claims.subject,
+            claims.executions,
+            extra_claims={**carried, "auth_time": int(started)},
+        )
+        fresh = self._authenticator.verify(token)
+        return web.json_response(
+            {"token": token, "expiresAt": fresh.expires_at},
+            headers={"Cache-Control": "no-store"},
+        )
 
     def set_index_handler(self, handler: Handler | None) -> None:
         """What ``GET /`` without an Upgrade header answers (the demo page, typically); by
@@ -658,6 +720,13 @@ def _refusal(
     exc: WebSocketError, status: int, headers: Mapping[str, str] | None = None
 ) -> web.Response:
     logger.info("refused a WebSocket upgrade (%d %s): %s", status, exc.code, exc.message)
+    return _http_error(exc, status, headers)
+
+
+def _http_error(
+    exc: WebSocketError, status: int, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    """``{"code", "message"}`` with ``status``, repeated in :data:`ERROR_HEADER`."""
     body: dict[str, Any] = {"code": exc.code, "message": exc.message}
     reason = exc.context.get("reason")
     all_headers = dict(headers or {})
@@ -673,6 +742,7 @@ __all__ = [
     "MAX_PATH_LENGTH",
     "MAX_SUBSCRIPTIONS_PER_CONNECTION",
     "SHUTDOWN_DRAIN_TIMEOUT",
+    "TOKEN_REFRESH_PATH",
     "RedactingAccessLogger",
     "StreamingWebSocketGateway",
 ]
