@@ -7,8 +7,8 @@ connection it compresses every frame, however small. So the gateway reaches into
 ``protocol.writing_paused``, ``use_mask``, ``compress``) for these things:
 
 - :func:`ws_frame`: a broadcast frame as one complete WebSocket text frame, built once and cached
-  in the frame's ``transport_cache`` (server frames are unmasked, so the bytes are the same for
-  every client) — :func:`ws_text_frame` builds it;
+  in the frame's ``transport_cache`` when it is small (server frames are unmasked, so the bytes
+  are the same for every client) — :func:`ws_text_frame` builds it;
 - :func:`direct_transport`: the transport those bytes can be written to directly, and the
   protocol whose ``writing_paused`` says when not to;
 - :func:`send_text` with ``compress=False``: one uncompressed frame on a deflate connection;
@@ -59,14 +59,24 @@ def ws_text_frame(data: bytes) -> bytes:
     return _PACK_LEN3(0x81, 127, length) + data
 
 
+FRAME_CACHE_LIMIT = 8 * 1024
+"""Frames up to this many bytes of JSON are framed once per broadcast and the result cached on
+the frame; larger ones are framed per write (one copy, no longer kept than the write needs)."""
+
+
 def ws_frame(frame: Frame) -> bytes:
     """``frame.encoded()`` as one unmasked, uncompressed WebSocket text frame (header +
-    payload), cached in ``frame.transport_cache``: a broadcast frames it once instead of once
-    per client. Memory: a frame kept by the replay log holds its JSON twice once this was called
-    (header: 2-10 bytes)."""
+    payload). Up to :data:`FRAME_CACHE_LIMIT` bytes it is cached in ``frame.transport_cache``:
+    a broadcast of small frames (tokens) frames each once instead of once per client, at the
+    cost of holding those bytes twice for as long as the frame lives (the replay log). A larger
+    frame is framed again for each client and not kept, so that what a client's queue holds is
+    what its byte bound counts."""
     data = frame.transport_cache
     if data is None:
-        data = frame.transport_cache = ws_text_frame(frame.encoded())
+        encoded = frame.encoded()
+        data = ws_text_frame(encoded)
+        if len(encoded) <= FRAME_CACHE_LIMIT:
+            frame.transport_cache = data
     return data
 
 
@@ -356,6 +366,7 @@ class ConnectionCap:
 
 __all__ = [
     "BUSY_RESPONSE",
+    "FRAME_CACHE_LIMIT",
     "UNMASKED_FRAME",
     "ConnectionCap",
     "GatewayWebSocketResponse",
