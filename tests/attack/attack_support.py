@@ -41,8 +41,9 @@ and written to $ATTACK_FIGURES when set; docs/reliability.md quotes them)."""
 
 
 class AttackServer:
-    """``streaming-module serve --app attack_app:create`` with ``options``, in its own session,
-    output to files; :meth:`stop` sends ``sig`` to its process group and waits (then kills)."""
+    """``streaming-module serve --app attack_app:create`` with ``options`` on ``port`` (0: a free
+    one), in its own session, output to files; :meth:`stop` sends ``sig`` to its process group
+    and waits (then kills)."""
 
     def __init__(
         self,
@@ -51,6 +52,7 @@ class AttackServer:
         token_delay_ms: float = 2.0,
         nofile: int | None = None,
         extra_env: dict[str, str] | None = None,
+        port: int = 0,
     ) -> None:
         self.options = options
         self.token_delay_ms = token_delay_ms
@@ -58,7 +60,7 @@ class AttackServer:
         self.extra_env = extra_env or {}
         self.dir = Path(tempfile.mkdtemp(prefix="attack_"))
         self.proc: subprocess.Popen[bytes] | None = None
-        self.port = 0
+        self.port = port
 
     @property
     def url(self) -> str:
@@ -98,7 +100,7 @@ class AttackServer:
         ):
             self.proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once
                 [sys.executable, "-m", "streaming_module", "serve", "--app",
-                 "attack_app:create", "--host", "127.0.0.1", "--port", "0"],
+                 "attack_app:create", "--host", "127.0.0.1", "--port", str(self.port)],
                 cwd=HERE, env=env, stdout=out, stderr=err, start_new_session=True,
                 preexec_fn=limits,
             )  # fmt: skip
@@ -128,6 +130,15 @@ class AttackServer:
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
         return proc.returncode
+
+    async def exited(self, within: float = 15.0) -> int | None:
+        """Wait for the process to end by itself (after a signal sent elsewhere); its status."""
+        proc = self.proc
+        assert proc is not None
+        deadline = time.monotonic() + within
+        while proc.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110 - a process
+            await asyncio.sleep(0.05)
+        return proc.poll()
 
     # -------------------------------------------------------------- measured from outside
 
@@ -214,14 +225,22 @@ async def healthy_run(
     *,
     words: int = 300,
     token: str | None = None,
+    streaming: asyncio.Event | None = None,
+    subscribe_first: bool = True,
 ) -> HealthyResult:
     """A well-behaved client: subscribe, start the run with ``POST /executions``, read every
     frame to the final status, then fetch the run's result. The caller asserts
-    ``text == expected``."""
+    ``text == expected``. ``streaming`` is set once the first token arrived. A 503 (the server
+    at its connection cap) is retried, as any HTTP client would. ``subscribe_first=False``
+    starts the run first and then subscribes from its first frame (``lastSequence: 0``)."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     parts: list[str] = []
     frames = 0
+    body = {"prompt": "Write about tides", "executionId": execution_id, "words": words}
     async with asyncio.timeout(RUN_TIMEOUT), aiohttp.ClientSession(headers=headers) as session:
+        if not subscribe_first:
+            status, text = await _retrying(session, "POST", "/executions", server, body)
+            assert status == 202, text
         async with session.ws_connect(server.ws_url, heartbeat=None) as ws:
             await ws.send_json(
                 {
@@ -229,33 +248,45 @@ async def healthy_run(
                     "payload": {"executionId": execution_id, "lastSequence": 0},
                 }
             )
-            started = False
+            started = not subscribe_first
             async for msg in ws:
                 assert msg.type is aiohttp.WSMsgType.TEXT, msg
                 frame = json.loads(msg.data)
                 if frame["type"] == "subscribed" and not started:
                     started = True
-                    async with session.post(
-                        server.url + "/executions",
-                        json={"prompt": "Write about tides", "executionId": execution_id,
-                              "words": words},
-                    ) as response:  # fmt: skip
-                        assert response.status == 202, await response.text()
+                    status, text = await _retrying(session, "POST", "/executions", server, body)
+                    assert status == 202, text
                     continue
                 assert frame["type"] != "error", frame
                 frames += 1
                 if frame["type"] == "token":
                     parts.append(frame["payload"]["content"])
+                    if streaming is not None:
+                        streaming.set()
                 if frame["type"] == "status" and frame["payload"]["status"] != "started":
                     assert frame["payload"]["status"] == "completed", frame
                     break
         for _ in range(200):
-            async with session.get(f"{server.url}/executions/{execution_id}") as response:
-                record = await response.json()
+            status, text = await _retrying(session, "GET", f"/executions/{execution_id}", server)
+            record = json.loads(text)
             if record["status"] == "completed":
                 break
             await asyncio.sleep(0.05)
     return HealthyResult(execution_id, "".join(parts), record["result"]["content"], frames)
+
+
+async def _retrying(
+    session: aiohttp.ClientSession, method: str, path: str, server: AttackServer, body: Any = None
+) -> tuple[int, str]:
+    for _ in range(100):
+        try:
+            async with session.request(method, server.url + path, json=body) as response:
+                if response.status != 503:
+                    return response.status, await response.text()
+        except aiohttp.ClientConnectionError:  # refused at the connection cap mid-request
+            pass
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{method} {path}: still 503 after 10 s")
 
 
 # ------------------------------------------------------------------------------ raw frames

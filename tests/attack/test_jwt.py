@@ -184,8 +184,8 @@ async def test_a_token_for_other_executions_is_refused_what_it_does_not_list(
 async def test_a_token_that_expires_mid_connection_ends_its_websocket_and_its_sse_stream(
     server: AttackServer,
 ) -> None:
-    now = time.time()
-    short = _sign(_claims(exp=int(now) + 3))
+    exp = int(time.time()) + 3
+    short = _sign(_claims(exp=exp))
     valid = _sign(_claims(sub="healthy"))
     async with aiohttp.ClientSession() as session:
         ws = await session.ws_connect(
@@ -208,14 +208,14 @@ async def test_a_token_that_expires_mid_connection_ends_its_websocket_and_its_ss
             async for msg in ws:
                 if msg.type is not aiohttp.WSMsgType.TEXT:
                     break
-            closing = (ws.close_code, time.time() - now)
+            closing = (ws.close_code, time.time() - exp)
         assert closing[0] == 4401, closing
-        assert 2.5 <= closing[1] <= 6, closing  # at exp (3 s after issue; it is whole seconds)
+        assert -0.05 <= closing[1] <= 2, closing  # at exp, not before, and promptly
         async with asyncio.timeout(15):
             async for _ in sse.content.iter_any():
                 pass
-        ended = time.time() - now
-        assert ended <= 8, ended
+        ended = time.time() - exp
+        assert ended <= 4, ended
         sse.close()
         async with session.post(
             server.url + "/executions/long/cancel", headers={"Authorization": f"Bearer {valid}"}
