@@ -15,7 +15,7 @@ from typing import Any, Final
 
 import orjson
 
-from streaming_module.protocol.json import OPTIONS, json_default, loads
+from streaming_module.protocol.json import OPTIONS, json_default, loads, sized
 from streaming_module.types import FINAL_STATUSES
 
 # --------------------------------------------------------------------------- type names
@@ -57,17 +57,20 @@ _ATTRIBUTE_OF: Final = {wire: attribute for attribute, wire, _ in _FIELDS}
 def encode_frame(
     frame_type: str, execution_id: str, sequence: int, timestamp: str, payload: Any
 ) -> bytes:
-    """``{"type", "executionId", "sequence", "timestamp", "payload"}`` as UTF-8 JSON bytes."""
-    return orjson.dumps(
-        {
-            "type": frame_type,
-            "executionId": execution_id,
-            "sequence": sequence,
-            "timestamp": timestamp,
-            "payload": payload,
-        },
-        default=json_default,
-        option=OPTIONS,
+    """``{"type", "executionId", "sequence", "timestamp", "payload"}`` as UTF-8 JSON bytes
+    (sized to fit: a frame is kept by replay logs and queues)."""
+    return sized(
+        orjson.dumps(
+            {
+                "type": frame_type,
+                "executionId": execution_id,
+                "sequence": sequence,
+                "timestamp": timestamp,
+                "payload": payload,
+            },
+            default=json_default,
+            option=OPTIONS,
+        )
     )
 
 
@@ -78,7 +81,7 @@ def encode_reply(reply_type: str, payload: Any, *, execution_id: str | None = No
     if execution_id is not None:
         message["executionId"] = execution_id
     message["payload"] = payload
-    return orjson.dumps(message, default=json_default, option=OPTIONS)
+    return sized(orjson.dumps(message, default=json_default, option=OPTIONS))
 
 
 def encode_error(code: str, message: str) -> bytes:
