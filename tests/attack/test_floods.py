@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -17,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import jwt
+import pytest
 from aiohttp import web
 from attack_support import (
     AttackServer,
@@ -282,3 +284,26 @@ async def test_a_bad_token_storm_spends_only_its_own_addresss_budget() -> None:
         await broker.aclose()
     assert outcomes == {"attacker 401": 5, "attacker 429": 95, "valid client 101": 5}, outcomes
     record(floods_bad_token_storm=100, floods_bad_token_storm_valid_admitted=5)
+
+
+async def test_failing_accepts_are_logged_at_most_once_a_second(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # What asyncio logs when accept() fails (out of descriptors), once per failure: once a
+    # gateway has started, it is let through once a second, with a count of the others.
+    options = StreamingModuleOptions.model_validate({"websocket": {"enabled": True, "port": 0}})
+    broker = InMemoryBroker(options.broker)
+    gateway = StreamingWebSocketGateway(options, broker)
+    await gateway.start(port=0)
+    try:
+        with caplog.at_level("ERROR", logger="asyncio"):
+            for _ in range(500):
+                logging.getLogger("asyncio").error(
+                    "socket.accept() out of system resource", exc_info=OSError(24, "EMFILE")
+                )
+    finally:
+        await gateway.stop()
+        await broker.aclose()
+    accepts = [r for r in caplog.records if r.getMessage().startswith("socket.accept()")]
+    assert len(accepts) == 1, len(accepts)
+    record(floods_accept_failures_logged_of_500=len(accepts))

@@ -106,9 +106,9 @@ _NOT_CARRIED = frozenset({"sub", "iat", "exp", "nbf", "iss", "aud", "executions"
 ACCEPT_LOG_FILTER = ThrottledLogFilter(
     match=lambda record: record.getMessage().startswith("socket.accept()")
 )
-"""On the ``asyncio`` logger while a gateway serves: a failing ``accept()`` (out of file
-descriptors, say) is logged at most once a second, with a count, instead of a traceback each
-time."""
+"""Put on the ``asyncio`` logger when a gateway first starts (once per process, and left there):
+a failing ``accept()`` (out of file descriptors, say) is logged at most once a second, with a
+count, instead of a traceback each time."""
 
 
 class RedactingAccessLogger(AbstractAccessLogger):
