@@ -3,10 +3,15 @@
 The gateway speaks the protocol of ``docs/protocol.md``. Frames come from a
 :class:`~streaming_module.broker.base.Broker` (sequenced, replayable); each connection is a
 :class:`~streaming_module.gateway.connection.ClientConnection` with its own bounded queue and
-writer task. Security runs at the upgrade, before any frame flows: Origin (HTTP 403), connection
-rate (HTTP 429), JWT (HTTP 401); then per client frame the request limit (close
-``RATE_LIMITED``) and, on subscribe, the token's ``executions`` claim (``error`` with code
-``forbidden``). Close codes are :class:`~streaming_module.protocol.close_codes.CloseCode`'s.
+writer task. Before any HTTP is read, a TCP connection over the connection cap gets 503; a
+request must arrive whole within ``websocket.request_timeout_ms``; every request's path length
+and body nesting are checked before its handler. Security runs at the upgrade, before any frame
+flows: Origin (HTTP 403), this address's connection rate (HTTP 429), JWT (HTTP 401), then the
+server-wide rate and open-connection caps (HTTP 429) — two steps, so that a refused token spends
+only its own address's budget. Then per client frame (pings and pongs included) the request
+limit (close ``RATE_LIMITED``); on subscribe, the token's ``executions`` claim (``error`` with
+code ``forbidden``); at the token's ``exp`` (plus leeway) the close ``UNAUTHORIZED``. Close codes
+are :class:`~streaming_module.protocol.close_codes.CloseCode`'s.
 """
 
 from __future__ import annotations
@@ -374,8 +379,8 @@ class StreamingWebSocketGateway:
 
     def get_connections(self) -> list[dict[str, Any]]:
         """One dict per connected client: ``clientId``, ``remote``, ``subject``,
-        ``connectedAt``, ``subscriptions``, ``acks``, ``queued``, ``framesSent``, ``coalesced``,
-        ``compressed``."""
+        ``connectedAt``, ``subscriptions``, ``acks``, ``queued``, ``queuedBytes``,
+        ``framesSent``, ``coalesced``, ``compressed``, ``directWrites``."""
         return [c.info() for c in self._connections.values()]
 
     def get_connection(self, client_id: str) -> ClientConnection | None:
