@@ -133,8 +133,8 @@ async def test_a_subscription_storm_is_refused_past_max_executions_and_runs_stil
                 for _ in range(60):
                     reply = json.loads((await ws.receive(timeout=10)).data)
                     answers[reply["payload"].get("code", reply["type"])] += 1
-            # The broker is full of subscriptions waiting for runs that never start; a run that
-            # starts now takes the room of the oldest of them and streams all the same.
+            # Subscriptions waiting for runs that never start fill at most nine tenths of the
+            # broker; a run that starts now finds room and streams all the same.
             late = await healthy_run(
                 server, "started-during-the-storm", words=100, subscribe_first=False
             )

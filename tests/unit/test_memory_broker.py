@@ -248,8 +248,8 @@ async def test_max_executions_is_a_hard_bound_kept_without_walking_the_execution
 ) -> None:
     broker = _broker(max_executions=50)
     for i in range(50):
-        await broker.subscribe(f"watched-{i}", lambda f: None)
         broker.publish(f"watched-{i}", "token", {})
+        await broker.subscribe(f"watched-{i}", lambda f: None)
     broker._executions = _NoScan(broker._executions)
     with caplog.at_level("WARNING", logger="streaming_module.gateway"):
         for i in range(200):  # a subscription storm against a full broker
@@ -262,18 +262,21 @@ async def test_max_executions_is_a_hard_bound_kept_without_walking_the_execution
     assert len([r for r in caplog.records if "max_executions" in r.getMessage()]) == 1
 
 
-async def test_a_run_that_publishes_takes_the_room_of_subscriptions_still_waiting() -> None:
-    broker = _broker(max_executions=3)
-    await broker.subscribe("running", lambda f: None)
-    broker.publish("running", "token", {})
-    waiting_1 = await broker.subscribe("waiting-1", lambda f: None)
-    waiting_2 = await broker.subscribe("waiting-2", lambda f: None)
-    with pytest.raises(BrokerError):  # another waiting subscription: no room
-        await broker.subscribe("waiting-3", lambda f: None)
-    broker.publish("new-run", "token", {})  # a producer evicts the oldest waiting one
-    assert waiting_1.closed and not waiting_2.closed
-    assert broker.retained("new-run") == 1 and broker.retained("running") == 1
-    assert broker.execution_count == 3
+async def test_subscriptions_waiting_for_runs_leave_a_tenth_of_the_room_to_runs() -> None:
+    broker = _broker(max_executions=20)
+    waiting = [await broker.subscribe(f"waiting-{i}", lambda f: None) for i in range(18)]
+    with pytest.raises(BrokerError) as refused:  # a subscription storm stops at 18 of 20
+        await broker.subscribe("waiting-18", lambda f: None)
+    assert refused.value.code == "too_many_executions"
+    for run in ("run-1", "run-2"):  # runs that publish still find room, evicting nobody
+        broker.publish(run, "token", {})
+        await broker.subscribe(run, lambda f: None)
+    assert broker.execution_count == 20 and not any(sub.closed for sub in waiting)
+    with pytest.raises(BrokerError):  # now everything is watched: a hard bound
+        broker.publish("run-3", "token", {})
+    waiting[0].close()  # unwatched: it makes room again
+    broker.publish("run-3", "token", {})
+    assert broker.retained("run-3") == 1 and broker.execution_count == 20
 
 
 async def test_the_longest_unwatched_execution_goes_first() -> None:

@@ -7,13 +7,13 @@ Bounds (from :class:`~streaming_module.config.BrokerOptions`):
   ``replay_max_frames * (encoded frame + payload + ~300 bytes)``;
 - at most ``max_executions`` executions, a hard bound kept in O(1): when a new one would exceed
   it, the oldest *ended* execution is evicted first, then the one nobody has been subscribed to
-  for longest. An execution being watched is never evicted under its subscribers' feet, with
-  one exception: when everything is watched, a *publish* that needs room evicts the oldest
-  execution that has no frame yet (subscribers waiting for a run that has not started; those
-  subscriptions end), so that waiting subscriptions can never keep runs from streaming. When
-  nothing at all can go, a new execution is refused with :class:`BrokerError` code
-  ``too_many_executions`` (a subscribe gets it as an ``error`` reply), logged at most once a
-  second;
+  for longest; an execution being watched is never evicted under its subscribers' feet. A
+  *subscription* may create an execution (to wait for its run) only while fewer than
+  ``max_executions`` less a tenth of it exist after that: the last tenth is kept for runs that
+  publish, so that subscriptions waiting for runs that never start (a subscription storm)
+  cannot keep runs from streaming. When nothing can go, the new execution is refused with
+  :class:`BrokerError` code ``too_many_executions`` (a subscribe gets it as an ``error`` reply),
+  logged at most once a second;
 - an ended execution is evicted ``retention_after_end_ms`` after :meth:`end_execution`, by a timer
   of the injected clock;
 - an evicted execution leaves a tombstone, its id and last sequence number (~150 bytes), for the
@@ -77,7 +77,6 @@ class InMemoryBroker(Broker):
         self._executions: OrderedDict[str, _Execution] = OrderedDict()
         self._ended: OrderedDict[str, None] = OrderedDict()
         self._idle: OrderedDict[str, None] = OrderedDict()  # no listener, longest idle first
-        self._pending: OrderedDict[str, None] = OrderedDict()  # no frame yet, oldest first
         self._refused = 0  # new executions refused since the last log line about it
         self._refused_logged = -1.0
         # Last sequence of evicted executions, oldest eviction first (see the module docstring).
@@ -111,8 +110,6 @@ class InMemoryBroker(Broker):
         self, execution_id: str, type: str, payload: Any, *, replayable: bool = True
     ) -> Frame:
         ex = self._executions.get(execution_id) or self._create(execution_id, publishing=True)
-        if not ex.last_sequence:
-            self._pending.pop(execution_id, None)
         ex.last_sequence += 1
         frame = Frame(
             execution_id, ex.last_sequence, type, self._clock.now().isoformat(), payload, replayable
@@ -182,12 +179,14 @@ class InMemoryBroker(Broker):
         self._executions.clear()
         self._ended.clear()
         self._idle.clear()
-        self._pending.clear()
         self._forgotten.clear()
 
     # ------------------------------------------------------------------ internals
     def _create(self, execution_id: str, *, publishing: bool = False) -> _Execution:
-        if len(self._executions) >= self.options.max_executions:
+        bound = self.options.max_executions
+        if not publishing:
+            bound -= bound // 10  # the last tenth is kept for runs that publish
+        if len(self._executions) >= bound:
             self._make_room(execution_id, publishing)
         ex = _Execution(execution_id, ReplayLog(self.options.replay_max_frames, self._max_age))
         forgotten = self._forgotten.pop(execution_id, 0)
@@ -195,15 +194,13 @@ class InMemoryBroker(Broker):
             # Its log was dropped: carry on numbering, and report 1..forgotten as a gap.
             ex.last_sequence = forgotten
             ex.log.evicted_through = forgotten
-        else:
-            self._pending[execution_id] = None
         self._executions[execution_id] = ex
         self._idle[execution_id] = None
         return ex
 
     def _make_room(self, execution_id: str, publishing: bool) -> None:
         """Evict one execution (see the module docstring for which), O(1), or refuse."""
-        for candidates in (self._ended, self._idle, self._pending if publishing else None):
+        for candidates in (self._ended, self._idle):
             if candidates:
                 victim = next(iter(candidates))
                 self._evict(victim, self._executions[victim])
@@ -212,16 +209,18 @@ class InMemoryBroker(Broker):
         now = time.monotonic()
         if now - self._refused_logged >= 1.0:
             logger.warning(
-                "broker holds max_executions=%d executions, all watched; refused %d new "
+                "broker holds %d executions (max_executions=%d), all watched; refused %d new "
                 "one(s) since the last line (raise broker.max_executions?)",
+                len(self._executions),
                 self.options.max_executions,
                 self._refused,
             )
             self._refused, self._refused_logged = 0, now
         raise BrokerError(
-            f"this server is at its limit of {self.options.max_executions} executions, all "
-            f"being watched; cannot {'publish to' if publishing else 'subscribe to'} a new "
-            f"execution {execution_id[:64]!r} now, try again later",
+            f"this server holds as many executions as it may ({len(self._executions)}, all being "
+            f"watched; max_executions={self.options.max_executions}); cannot "
+            f"{'publish to' if publishing else 'subscribe to'} a new execution "
+            f"{execution_id[:64]!r} now, try again later",
             code="too_many_executions",
             context={"max_executions": self.options.max_executions},
         )
@@ -234,7 +233,6 @@ class InMemoryBroker(Broker):
         del self._executions[execution_id]
         self._ended.pop(execution_id, None)
         self._idle.pop(execution_id, None)
-        self._pending.pop(execution_id, None)
         if ex.last_sequence:
             self._forgotten[execution_id] = ex.last_sequence
             while len(self._forgotten) > self.options.max_executions:
