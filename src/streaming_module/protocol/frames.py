@@ -57,20 +57,17 @@ _ATTRIBUTE_OF: Final = {wire: attribute for attribute, wire, _ in _FIELDS}
 def encode_frame(
     frame_type: str, execution_id: str, sequence: int, timestamp: str, payload: Any
 ) -> bytes:
-    """``{"type", "executionId", "sequence", "timestamp", "payload"}`` as UTF-8 JSON bytes
-    (sized to fit: a frame is kept by replay logs and queues)."""
-    return sized(
-        orjson.dumps(
-            {
-                "type": frame_type,
-                "executionId": execution_id,
-                "sequence": sequence,
-                "timestamp": timestamp,
-                "payload": payload,
-            },
-            default=json_default,
-            option=OPTIONS,
-        )
+    """``{"type", "executionId", "sequence", "timestamp", "payload"}`` as UTF-8 JSON bytes."""
+    return orjson.dumps(
+        {
+            "type": frame_type,
+            "executionId": execution_id,
+            "sequence": sequence,
+            "timestamp": timestamp,
+            "payload": payload,
+        },
+        default=json_default,
+        option=OPTIONS,
     )
 
 

@@ -63,11 +63,11 @@ def dumps(value: Any) -> bytes:
 
 def sized(data: bytes) -> bytes:
     """``data`` in a ``bytes`` object of its own size. orjson (3.13 here) returns its result in
-    the buffer it wrote into, at least 4 KiB: a 160-byte frame kept in a replay log or a send
-    queue then holds ~4 KB of memory (measured: 100,000 such frames, 393 MB of RSS; copied,
-    21 MB). Every encoder here whose result may be kept passes it through this. Costs one copy
-    (~0.1 µs for a token frame)."""
-    return bytes(memoryview(data))
+    the buffer it wrote into, at least 4 KiB: a 160-byte reply kept in a send queue then holds
+    ~4 KB of memory (measured: 100,000 such results, 393 MB of RSS; copied, 21 MB). Encoders
+    whose result may be kept pass it through this (``encode_frame`` copies the same way). Costs
+    one copy, less than the 4 KiB allocation saves."""
+    return memoryview(data).tobytes()
 
 
 MAX_DEPTH: Final = 32
