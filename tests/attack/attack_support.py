@@ -13,6 +13,7 @@ import base64
 import contextlib
 import json
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -111,12 +112,22 @@ class AttackServer:
                 self.port = int(text.split("listening on", 1)[1].split()[0].rsplit(":", 1)[1])
                 return self
             if self.proc.poll() is not None:
-                raise AssertionError(f"the server did not start:\n{self.log()[-3000:]}")
+                log = self.log()[-3000:]
+                await self.stop()
+                raise AssertionError(f"the server did not start:\n{log}")
             await asyncio.sleep(0.05)
+        log = self.log()[-3000:]
         await self.stop()
-        raise AssertionError(f"the server did not start in time:\n{self.log()[-3000:]}")
+        raise AssertionError(f"the server did not start in time:\n{log}")
 
     async def stop(self, sig: int = signal.SIGTERM, within: float = 15.0) -> int | None:
+        """Stop the server (if it still runs) and remove its output files; its status."""
+        try:
+            return await self._stop(sig, within)
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    async def _stop(self, sig: int, within: float) -> int | None:
         proc = self.proc
         if proc is None or proc.poll() is not None:
             return proc.returncode if proc is not None else None
