@@ -326,6 +326,8 @@ async def _demo(args: argparse.Namespace) -> None:
         redis_url=args.redis_url,
         default_words=args.words,
     )
+    if args.jwt_secret is not None:
+        server.gateway.enable_token_refresh()  # the page renews its token before it expires
 
     async def start() -> str:
         await server.start()

@@ -13,11 +13,29 @@ jitter (a bounded number of attempts), subscribes again with ``lastSequence`` se
 sequence it delivered, and drops any frame it already delivered: a consumer sees no duplicate and,
 unless the server announces a ``gap``, no hole.
 
-Errors: a refused token (HTTP 401/403 at the upgrade, close code ``CloseCode.UNAUTHORIZED`` or
-``CloseCode.FORBIDDEN``, or an ``error`` reply with code ``unauthorized``/``forbidden``) raises
-:class:`~streaming_module.errors.AuthenticationError` or
-:class:`~streaming_module.errors.ForbiddenError` and is never retried; running out of reconnect
-attempts raises :class:`ReconnectFailedError`.
+Errors say why, with the server's own ``code`` and ``message`` (the gateway repeats them in its
+``Streaming-Error`` header, since a refused handshake's body is not readable here):
+
+- a refused token (HTTP 401 at the upgrade, close code ``CloseCode.UNAUTHORIZED``, or an
+  ``error`` reply with code ``unauthorized``) raises
+  :class:`~streaming_module.errors.AuthenticationError` — e.g. "the token expired 3 s ago" or
+  "the token's signature does not match", with the server's ``reason`` (``expired``,
+  ``bad_signature`` ...) in ``context``;
+- a refusal of what the token allows (HTTP 403, close code ``CloseCode.FORBIDDEN``, ``error``
+  ``forbidden``) raises :class:`~streaming_module.errors.ForbiddenError`;
+- HTTP 401, 403, 404 (and other 4xx but 408 and 429) are never retried: retrying cannot help;
+- 429 (rate limited), 503 and network failures are retried with backoff, no sooner than the
+  server's ``Retry-After``; running out of attempts raises :class:`ReconnectFailedError`, whose
+  ``code`` and message are the server's last refusal when there was one (``rate_limited``).
+
+Tokens expire: give ``token`` as a callable (sync or async) returning a JWT, and the client asks
+it for a fresh one at every (re)connection. When the gateway closes the connection because the
+token expired (4401), the client reconnects with a fresh token and resumes every subscription
+after its last delivered frame: nothing is lost. With a plain string, that close raises
+:class:`~streaming_module.errors.AuthenticationError`.
+
+No resource outlives a failure: a client that cannot connect closes the aiohttp session it
+made before raising (``async with StreamingClient(...)`` leaves nothing open).
 
 The gateway's ``error`` replies carry no ``executionId``; the client attributes one to a
 subscription only when it is the answer to a ``subscribe_execution``: its code is one a
@@ -41,12 +59,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import random
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -63,6 +82,18 @@ from streaming_module.protocol.messages import (
 
 logger = logging.getLogger("streaming_module.client")
 
+TokenProvider: TypeAlias = Callable[[], "str | Awaitable[str]"]
+"""A callable giving a fresh JWT: ``def get_token() -> str`` or ``async def get_token() -> str``."""
+
+ERROR_HEADER: Final = "Streaming-Error"
+"""The gateway's header repeating a refused upgrade's ``{"code", "message", "reason"?}``."""
+
+RETRY_AFTER_CAP: Final = 60.0
+"""Longest ``Retry-After`` (seconds) the client waits for before its next attempt."""
+
+_NOT_RETRIED: Final = frozenset(range(400, 500)) - {408, 429}
+"""HTTP statuses a refused upgrade is not retried after (401, 403, 404 ...)."""
+
 _FATAL_CLOSE_CODES: Final = frozenset({CloseCode.UNAUTHORIZED, CloseCode.FORBIDDEN})
 SUBSCRIBE_ERROR_CODES: Final = frozenset(
     {"forbidden", "unauthorized", "invalid_payload", "bad_request", "too_many_subscriptions"}
@@ -74,6 +105,58 @@ class ReconnectFailedError(WebSocketError):
     """The connection dropped and every reconnect attempt failed."""
 
     default_code = "reconnect_failed"
+
+
+class _Refused(Exception):
+    """A handshake the server refused: the error to raise, and when to try again."""
+
+    def __init__(self, error: WebSocketError, status: int, retry_after: float | None) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.status = status
+        self.retry_after = retry_after
+
+
+def _refusal(exc: aiohttp.WSServerHandshakeError) -> _Refused:
+    """The server's own code and message for a refused handshake (from the gateway's
+    :data:`ERROR_HEADER`, else the status alone)."""
+    headers: Mapping[str, str] = exc.headers or {}
+    info: dict[str, Any] = {}
+    raw = headers.get(ERROR_HEADER)
+    if raw:
+        try:
+            decoded = loads(raw)
+        except ValueError:
+            decoded = None
+        if isinstance(decoded, dict):
+            info = decoded
+    status = exc.status
+    code = info.get("code") if isinstance(info.get("code"), str) else None
+    said = info.get("message") if isinstance(info.get("message"), str) else None
+    context = {"status": status, "reason": info.get("reason"), "server_code": code}
+    text = f"the gateway refused the connection (HTTP {status}" + (f" {code}" if code else "")
+    text += f"): {said}" if said else ")"
+    error: WebSocketError
+    if status == 401:
+        error = AuthenticationError(
+            text if said else text + ": pass a valid JWT as StreamingClient(url, token=...)",
+            code=code or "unauthorized",
+            context=context,
+        )
+    elif status == 403:
+        error = ForbiddenError(
+            text if said else text + ": the token or origin is not allowed",
+            code=code or "forbidden",
+            context=context,
+        )
+    else:
+        error = WebSocketError(text, code=code or f"http_{status}", context=context)
+    retry_after: float | None = None
+    try:
+        retry_after = float(headers.get("Retry-After", ""))
+    except ValueError:
+        retry_after = None
+    return _Refused(error, status, retry_after)
 
 
 class ClientClosedError(WebSocketError):
@@ -239,7 +322,9 @@ class StreamingClient:
     """A WebSocket client for :class:`~streaming_module.StreamingWebSocketGateway`.
 
     ``url`` is the gateway's WebSocket URL (``ws://host:port/ws``; ``http://`` is accepted and
-    converted). ``token`` is a JWT sent as ``Authorization: Bearer`` at the upgrade.
+    converted). ``token`` is a JWT sent as ``Authorization: Bearer`` at the upgrade, or a
+    callable (sync or async) returning one, asked again at every (re)connection: then a close
+    for an expired token (4401) is followed by a reconnection with a fresh token and a resume.
 
     Reconnection: after an unexpected close the client waits
     ``min(backoff_max, backoff_initial * backoff_factor ** n)`` seconds, less a random fraction
@@ -253,7 +338,7 @@ class StreamingClient:
         self,
         url: str,
         *,
-        token: str | None = None,
+        token: str | TokenProvider | None = None,
         headers: Mapping[str, str] | None = None,
         max_reconnect_attempts: int = 10,
         backoff_initial: float = 0.1,
@@ -275,7 +360,8 @@ class StreamingClient:
             raise ValueError("queue_size must be >= 1")
         self.url = _ws_url(url)
         self._headers = dict(headers or {})
-        if token:
+        self._token_provider: TokenProvider | None = token if callable(token) else None
+        if isinstance(token, str) and token:
             self._headers["Authorization"] = f"Bearer {token}"
         self.max_reconnect_attempts = max_reconnect_attempts
         self.backoff_initial = backoff_initial
@@ -329,7 +415,14 @@ class StreamingClient:
             return
         if self._session is None:
             self._session = aiohttp.ClientSession()
-        self._ws = await self._open_with_retries(first=True)
+        try:
+            self._ws = await self._open_with_retries(first=True)
+        except BaseException:
+            # Nothing of a client that could not connect stays open.
+            if self._owns_session and self._session is not None:
+                await self._session.close()
+                self._session = None
+            raise
         self._connected.set()
         self._runner = asyncio.create_task(self._run(), name="streaming-client-reader")
 
@@ -459,56 +552,81 @@ class StreamingClient:
         base = min(self.backoff_max, self.backoff_initial * self.backoff_factor**attempt)
         return base * (1 - self.jitter * self._rng.random())
 
+    async def _headers_now(self) -> dict[str, str]:
+        """The upgrade's headers, with a fresh token from the provider when there is one."""
+        headers = dict(self._headers)
+        provider = self._token_provider
+        if provider is not None:
+            token = provider()
+            if inspect.isawaitable(token):
+                token = await token
+            if not isinstance(token, str) or not token:
+                raise AuthenticationError(
+                    f"the token provider returned {type(token).__name__}, not a JWT string"
+                )
+            headers["Authorization"] = f"Bearer {token}"
+        return headers
+
     async def _open(self) -> aiohttp.ClientWebSocketResponse:
         assert self._session is not None
+        headers = await self._headers_now()
         try:
             return await self._session.ws_connect(
                 self.url,
-                headers=self._headers,
+                headers=headers,
                 heartbeat=self.heartbeat,
                 timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
                 max_msg_size=0,
                 autoping=True,
             )
         except aiohttp.WSServerHandshakeError as exc:
-            if exc.status == 401:
-                raise AuthenticationError(
-                    "the gateway refused the connection (HTTP 401): pass a valid JWT as "
-                    "StreamingClient(url, token=...)"
-                ) from None
-            if exc.status == 403:
-                raise ForbiddenError(
-                    "the gateway refused the connection (HTTP 403): the token or origin is "
-                    "not allowed"
-                ) from None
-            raise
+            raise _refusal(exc) from None
 
     async def _open_with_retries(self, *, first: bool) -> aiohttp.ClientWebSocketResponse:
         attempt = 0
+        fresh_token_tried = False
         while True:
+            retry_after: float | None = None
             try:
                 return await asyncio.wait_for(self._open(), self.connect_timeout)
-            except (AuthenticationError, ForbiddenError):
-                raise
+            except _Refused as refused:
+                if refused.status in _NOT_RETRIED:
+                    if (
+                        refused.status == 401
+                        and self._token_provider is not None
+                        and not fresh_token_tried
+                    ):
+                        fresh_token_tried = True  # the provider may have a fresher one now
+                        continue
+                    raise refused.error from None
+                failure: BaseException = refused.error
+                retry_after = refused.retry_after
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                if attempt >= self.max_reconnect_attempts:
-                    raise ReconnectFailedError(
-                        f"could not {'connect' if first else 'reconnect'} to "
-                        f"{_redacted(self.url)} after {attempt + 1} attempt(s): {exc}",
-                        context={"attempts": attempt + 1},
-                    ) from exc
-                delay = self._delay(attempt)
-                logger.info(
-                    "%s to %s failed (%s); retrying in %.2f s (attempt %d of %d)",
-                    "connection" if first else "reconnection",
-                    _redacted(self.url),
-                    type(exc).__name__,
-                    delay,
-                    attempt + 1,
-                    self.max_reconnect_attempts,
-                )
-                attempt += 1
-                await asyncio.sleep(delay)
+                failure = exc
+            if attempt >= self.max_reconnect_attempts:
+                server = failure if isinstance(failure, WebSocketError) else None
+                raise ReconnectFailedError(
+                    f"could not {'connect' if first else 'reconnect'} to "
+                    f"{_redacted(self.url)} after {attempt + 1} attempt(s): "
+                    + (server.message if server is not None else str(failure)),
+                    code=server.code if server is not None else None,
+                    context={
+                        "attempts": attempt + 1,
+                        **(server.context if server is not None else {}),
+                    },
+                ) from failure
+            delay = max(self._delay(attempt), min(retry_after or 0.0, RETRY_AFTER_CAP))
+            logger.info(
+                "%s to %s failed (%s); retrying in %.2f s (attempt %d of %d)",
+                "connection" if first else "reconnection",
+                _redacted(self.url),
+                failure.code if isinstance(failure, WebSocketError) else type(failure).__name__,
+                delay,
+                attempt + 1,
+                self.max_reconnect_attempts,
+            )
+            attempt += 1
+            await asyncio.sleep(delay)
 
     async def _run(self) -> None:
         """Read frames; on an unexpected close, reconnect and resume every subscription."""
@@ -516,29 +634,37 @@ class StreamingClient:
             while True:
                 ws = self._ws
                 assert ws is not None
-                await self._read(ws)
+                reason = await self._read(ws)
                 if self._closing:
                     return
                 code = ws.close_code
                 self._connected.clear()
-                if code in _FATAL_CLOSE_CODES:
+                refresh = code == CloseCode.UNAUTHORIZED and self._token_provider is not None
+                if code in _FATAL_CLOSE_CODES and not refresh:
+                    said = f": {reason}" if reason else ""
                     error: WebSocketError = (
                         AuthenticationError(
-                            f"the gateway closed the connection with {int(code)}: the token is "
-                            "missing, expired or invalid"
+                            f"the gateway closed the connection with {int(code)}{said} (the "
+                            "token is missing, expired or invalid; give StreamingClient a token "
+                            "provider to have it renewed)",
+                            context={"close_code": int(code), "reason": reason},
                         )
                         if code == CloseCode.UNAUTHORIZED
                         else ForbiddenError(
-                            f"the gateway closed the connection with {int(code)}: not allowed"
+                            f"the gateway closed the connection with {int(code)}{said}: not "
+                            "allowed",
+                            context={"close_code": int(code), "reason": reason},
                         )
                     )
                     self._fail_all(error)
                     return
                 logger.info(
-                    "connection to %s closed (code %s); reconnecting and resuming %d "
+                    "connection to %s closed (code %s%s); reconnecting%s and resuming %d "
                     "subscription(s)",
                     _redacted(self.url),
                     code,
+                    f": {reason}" if reason else "",
+                    " with a fresh token" if refresh else "",
                     len(self._subs),
                 )
                 try:
@@ -562,8 +688,14 @@ class StreamingClient:
             sub._fail(error)
         self._subs.clear()
 
-    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        async for msg in ws:
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> str:
+        """Dispatch frames until the connection ends; returns the server's close reason."""
+        while True:
+            msg = await ws.receive()
+            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING):
+                return msg.extra if isinstance(msg.extra, str) else ""
+            if msg.type is aiohttp.WSMsgType.CLOSED:
+                return ""
             if msg.type is aiohttp.WSMsgType.TEXT:
                 try:
                     message = loads(msg.data)
@@ -574,7 +706,7 @@ class StreamingClient:
                     await self._dispatch(message)
             elif msg.type is aiohttp.WSMsgType.ERROR:
                 logger.info("connection error: %s", ws.exception())
-                break
+                return ""
 
     async def _dispatch(self, message: dict[str, Any]) -> None:
         frame = Frame.from_message(message)
@@ -627,10 +759,12 @@ class StreamingClient:
 
 
 __all__ = [
+    "ERROR_HEADER",
     "SUBSCRIBE_ERROR_CODES",
     "ClientClosedError",
     "ExecutionStream",
     "Frame",
     "ReconnectFailedError",
     "StreamingClient",
+    "TokenProvider",
 ]

@@ -411,6 +411,21 @@ class WebSocketOptions(OptionsModel):
         ge=16,
         description="Frames queued per client before the slow-client policy applies.",
     )
+    send_queue_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        description="Bytes one client may be owed (its queue plus its socket's unsent bytes, "
+        "replies included) before the slow-client policy applies; the most a client that stops "
+        "reading makes the process hold, whatever the frame sizes.",
+    )
+    request_timeout_ms: int = Field(
+        default=15000,
+        ge=100,
+        description="An HTTP request (WebSocket upgrades included) must arrive whole, headers and "
+        "body, within this many milliseconds of its connection opening or of the previous "
+        "response; idle keep-alive connections close after it too. Half-open and slow "
+        "('slowloris') connections are closed when it passes.",
+    )
     slow_client_policy: Literal["disconnect", "coalesce"] = Field(
         default="disconnect",
         description="'disconnect' closes a client that falls behind with 4008 (it resumes from "

@@ -98,7 +98,13 @@ async def test_a_stalled_client_stays_within_its_bound_and_never_delays_a_health
     frames, size = 12000, 1000
     async with (
         running_gateway(
-            websocket={"sendQueueSize": queue_size, "slowClientPolicy": policy}
+            # The frame bound is what this test is about: a byte bound the 12 MB it is owed
+            # never reaches (test_memory_bound.py covers the byte bound).
+            websocket={
+                "sendQueueSize": queue_size,
+                "sendQueueBytes": 64 * 1024 * 1024,
+                "slowClientPolicy": policy,
+            }
         ) as server,
         aiohttp.ClientSession() as session,
     ):

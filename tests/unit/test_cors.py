@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
@@ -58,6 +60,26 @@ def test_cors_off_allows_same_origin_only() -> None:
 )
 def test_same_origin_compares_host_and_port(origin: str, host: str | None, same: bool) -> None:
     assert is_same_origin(origin, host) is same
+
+
+@pytest.mark.parametrize(
+    ("origin", "host", "scheme", "same"),
+    [
+        ("http://127.0.0.1:8080", "127.0.0.1:8080", "http", True),
+        ("https://127.0.0.1:8080", "127.0.0.1:8080", "http", False),  # another origin (RFC 6454)
+        ("http://app.example", "app.example", "https", False),
+        ("https://app.example", "app.example", "https", True),
+        ("https://app.example:443", "app.example", "https", True),
+        ("http://[::1]:8080", "[::1]:8080", "http", True),
+        ("ftp://127.0.0.1:8080", "127.0.0.1:8080", "http", False),
+    ],
+)
+def test_same_origin_compares_the_scheme_too(
+    origin: str, host: str, scheme: str, same: bool
+) -> None:
+    assert is_same_origin(origin, host, scheme) is same
+    with contextlib.nullcontext() if same else pytest.raises(ForbiddenError):
+        check_origin(None, origin, host, scheme)
 
 
 def test_listed_origins_are_allowed_and_others_refused() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 
 import orjson
 import pytest
@@ -227,3 +228,69 @@ async def test_an_evicted_execution_keeps_its_numbering_and_reports_a_gap() -> N
         broker.end_execution(name)
         clock.advance(1.5)
     assert broker.last_sequence("a") == 0 and broker.last_sequence("d") == 1
+
+
+class _NoScan(OrderedDict):  # type: ignore[type-arg]
+    """The broker's table of executions, failing any walk over it."""
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        raise AssertionError("the broker walked over every execution")
+
+    def items(self):  # type: ignore[no-untyped-def]
+        raise AssertionError("the broker walked over every execution")
+
+    def values(self):  # type: ignore[no-untyped-def]
+        raise AssertionError("the broker walked over every execution")
+
+
+async def test_max_executions_is_a_hard_bound_kept_without_walking_the_executions(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    broker = _broker(max_executions=50)
+    for i in range(50):
+        broker.publish(f"watched-{i}", "token", {})
+        await broker.subscribe(f"watched-{i}", lambda f: None)
+    broker._executions = _NoScan(broker._executions)
+    with caplog.at_level("WARNING", logger="streaming_module.gateway"):
+        for i in range(200):  # a subscription storm against a full broker
+            with pytest.raises(BrokerError) as refused:
+                await broker.subscribe(f"storm-{i}", lambda f: None)
+            assert refused.value.code == "too_many_executions"
+        with pytest.raises(BrokerError):
+            broker.publish("new-run", "token", {})
+    assert broker.execution_count == 50
+    assert len([r for r in caplog.records if "max_executions" in r.getMessage()]) == 1
+
+
+async def test_subscriptions_waiting_for_runs_leave_a_tenth_of_the_room_to_runs() -> None:
+    broker = _broker(max_executions=20)
+    waiting = [await broker.subscribe(f"waiting-{i}", lambda f: None) for i in range(18)]
+    with pytest.raises(BrokerError) as refused:  # a subscription storm stops at 18 of 20
+        await broker.subscribe("waiting-18", lambda f: None)
+    assert refused.value.code == "too_many_executions"
+    for run in ("run-1", "run-2"):  # runs that publish still find room, evicting nobody
+        broker.publish(run, "token", {})
+        await broker.subscribe(run, lambda f: None)
+    assert broker.execution_count == 20 and not any(sub.closed for sub in waiting)
+    with pytest.raises(BrokerError):  # now everything is watched: a hard bound
+        broker.publish("run-3", "token", {})
+    waiting[0].close()  # unwatched: it makes room again
+    broker.publish("run-3", "token", {})
+    assert broker.retained("run-3") == 1 and broker.execution_count == 20
+
+
+async def test_the_longest_unwatched_execution_goes_first() -> None:
+    broker = _broker(max_executions=3)
+    subs = {}
+    for name in ("a", "b", "c"):
+        subs[name] = await broker.subscribe(name, lambda f: None)
+        broker.publish(name, "token", {})
+    subs["b"].close()  # unwatched first
+    subs["a"].close()
+    broker.publish("d", "token", {})
+    assert broker.retained("b") == 0 and broker.retained("a") == 1
+    await broker.subscribe("a", lambda f: None)  # watched again: not a candidate any more
+    subs["c"].close()  # unwatched after "d" (never watched since it was created)
+    broker.publish("e", "token", {})
+    assert broker.retained("d") == 0
+    assert broker.retained("a") == 1 and broker.retained("c") == 1

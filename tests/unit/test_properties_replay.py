@@ -18,6 +18,7 @@ from streaming_module.broker.memory import InMemoryBroker
 from streaming_module.config import BrokerOptions
 from streaming_module.core.clock import FakeClock
 from streaming_module.core.replay import ReplayLog
+from streaming_module.errors import BrokerError
 
 PROPERTY = settings(
     max_examples=200,
@@ -210,15 +211,26 @@ async def _broker_scenario(
 
     async def watch(execution_id: str, after: int | None) -> None:
         watcher = Watcher(execution_id, after, broker.last_sequence(execution_id))
-        watcher.subscription = await broker.subscribe(
-            execution_id, watcher.frames.append, last_sequence=after
-        )
+        try:
+            watcher.subscription = await broker.subscribe(
+                execution_id, watcher.frames.append, last_sequence=after
+            )
+        except BrokerError as refused:  # max_executions is a hard bound: all of them watched
+            assert refused.code == "too_many_executions"  # (a tenth is kept for publishers)
+            bound = options.max_executions
+            assert broker.execution_count >= bound - bound // 10
+            return
         watchers.append(watcher)
 
     for op, target, argument in operations:
         if op == "publish":
             execution_id = EXECUTIONS[target]
-            frame = broker.publish(execution_id, "token", {"n": 1}, replayable=argument)
+            try:
+                frame = broker.publish(execution_id, "token", {"n": 1}, replayable=argument)
+            except BrokerError as refused:  # full of watched executions that have frames
+                assert refused.code == "too_many_executions"
+                assert broker.execution_count == options.max_executions
+                continue
             numbers = published[execution_id]
             if exact:
                 # Sequence numbers rise by one per frame of the execution, and never restart.

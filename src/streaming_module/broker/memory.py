@@ -5,10 +5,15 @@ Bounds (from :class:`~streaming_module.config.BrokerOptions`):
 - per execution, a :class:`~streaming_module.core.replay.ReplayLog` of at most
   ``replay_max_frames`` frames no older than ``replay_max_age_ms``: about
   ``replay_max_frames * (encoded frame + payload + ~300 bytes)``;
-- at most ``max_executions`` executions: when a new one would exceed it, the oldest *ended*
-  execution is evicted first, then the oldest one nobody is subscribed to. Executions with live
-  subscribers are never evicted under a subscriber's feet (the bound is then exceeded, with a
-  warning, until they end);
+- at most ``max_executions`` executions, a hard bound kept in O(1): when a new one would exceed
+  it, the oldest *ended* execution is evicted first, then the one nobody has been subscribed to
+  for longest; an execution being watched is never evicted under its subscribers' feet. A
+  *subscription* may create an execution (to wait for its run) only while fewer than
+  ``max_executions`` less a tenth of it exist after that: the last tenth is kept for runs that
+  publish, so that subscriptions waiting for runs that never start (a subscription storm)
+  cannot keep runs from streaming. When nothing can go, the new execution is refused with
+  :class:`BrokerError` code ``too_many_executions`` (a subscribe gets it as an ``error`` reply),
+  logged at most once a second;
 - an ended execution is evicted ``retention_after_end_ms`` after :meth:`end_execution`, by a timer
   of the injected clock;
 - at most ``max_executions`` run records (:meth:`~InMemoryBroker.save_run`), the least
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections import OrderedDict
 from typing import Any
 
@@ -46,6 +52,7 @@ from streaming_module.broker.base import (
 from streaming_module.config import BrokerOptions
 from streaming_module.core.clock import Clock, SystemClock, TimerHandle
 from streaming_module.core.replay import ReplayLog
+from streaming_module.errors import BrokerError
 
 logger = logging.getLogger("streaming_module.gateway")
 
@@ -72,6 +79,9 @@ class InMemoryBroker(Broker):
         # Insertion order = creation order; ended executions also listed in end order.
         self._executions: OrderedDict[str, _Execution] = OrderedDict()
         self._ended: OrderedDict[str, None] = OrderedDict()
+        self._idle: OrderedDict[str, None] = OrderedDict()  # no listener, longest idle first
+        self._refused = 0  # new executions refused since the last log line about it
+        self._refused_logged = -1.0
         # Last sequence of evicted executions, oldest eviction first (see the module docstring).
         self._forgotten: OrderedDict[str, int] = OrderedDict()
         self._runs: OrderedDict[str, RunRecord] = OrderedDict()
@@ -101,7 +111,7 @@ class InMemoryBroker(Broker):
     def publish(
         self, execution_id: str, type: str, payload: Any, *, replayable: bool = True
     ) -> Frame:
-        ex = self._executions.get(execution_id) or self._create(execution_id)
+        ex = self._executions.get(execution_id) or self._create(execution_id, publishing=True)
         ex.last_sequence += 1
         frame = Frame(
             execution_id, ex.last_sequence, type, self._clock.now().isoformat(), payload, replayable
@@ -136,6 +146,7 @@ class InMemoryBroker(Broker):
             for frame in replay.items:
                 listener(frame)
         ex.listeners = (*ex.listeners, sub)
+        self._idle.pop(execution_id, None)
         return sub
 
     def end_execution(self, execution_id: str) -> None:
@@ -173,13 +184,17 @@ class InMemoryBroker(Broker):
             ex.log.clear()
         self._executions.clear()
         self._ended.clear()
+        self._idle.clear()
         self._forgotten.clear()
         self._runs.clear()
 
     # ------------------------------------------------------------------ internals
-    def _create(self, execution_id: str) -> _Execution:
-        if len(self._executions) >= self.options.max_executions:
-            self._make_room()
+    def _create(self, execution_id: str, *, publishing: bool = False) -> _Execution:
+        bound = self.options.max_executions
+        if not publishing:
+            bound -= bound // 10  # the last tenth is kept for runs that publish
+        if len(self._executions) >= bound:
+            self._make_room(execution_id, publishing)
         ex = _Execution(execution_id, ReplayLog(self.options.replay_max_frames, self._max_age))
         forgotten = self._forgotten.pop(execution_id, 0)
         if forgotten:
@@ -187,21 +202,34 @@ class InMemoryBroker(Broker):
             ex.last_sequence = forgotten
             ex.log.evicted_through = forgotten
         self._executions[execution_id] = ex
+        self._idle[execution_id] = None
         return ex
 
-    def _make_room(self) -> None:
-        for execution_id in self._ended:
-            self._evict(execution_id, self._executions[execution_id])
-            return
-        for execution_id, ex in self._executions.items():
-            if not ex.listeners:
-                self._evict(execution_id, ex)
+    def _make_room(self, execution_id: str, publishing: bool) -> None:
+        """Evict one execution (see the module docstring for which), O(1), or refuse."""
+        for candidates in (self._ended, self._idle):
+            if candidates:
+                victim = next(iter(candidates))
+                self._evict(victim, self._executions[victim])
                 return
-        logger.warning(
-            "broker holds %d executions, all with live subscribers; over max_executions=%d "
-            "until some end",
-            len(self._executions),
-            self.options.max_executions,
+        self._refused += 1
+        now = time.monotonic()
+        if now - self._refused_logged >= 1.0:
+            logger.warning(
+                "broker holds %d executions (max_executions=%d), all watched; refused %d new "
+                "one(s) since the last line (raise broker.max_executions?)",
+                len(self._executions),
+                self.options.max_executions,
+                self._refused,
+            )
+            self._refused, self._refused_logged = 0, now
+        raise BrokerError(
+            f"this server holds as many executions as it may ({len(self._executions)}, all being "
+            f"watched; max_executions={self.options.max_executions}); cannot "
+            f"{'publish to' if publishing else 'subscribe to'} a new execution "
+            f"{execution_id[:64]!r} now, try again later",
+            code="too_many_executions",
+            context={"max_executions": self.options.max_executions},
         )
 
     def _evict(self, execution_id: str, ex: _Execution) -> None:
@@ -211,6 +239,7 @@ class InMemoryBroker(Broker):
             ex.timer.cancel()
         del self._executions[execution_id]
         self._ended.pop(execution_id, None)
+        self._idle.pop(execution_id, None)
         if ex.last_sequence:
             self._forgotten[execution_id] = ex.last_sequence
             while len(self._forgotten) > self.options.max_executions:
@@ -224,6 +253,8 @@ class InMemoryBroker(Broker):
         ex = self._executions.get(sub.execution_id)
         if ex is not None and sub in ex.listeners:
             ex.listeners = tuple(s for s in ex.listeners if s is not sub)
+            if not ex.listeners:
+                self._idle[sub.execution_id] = None
 
 
 __all__ = ["InMemoryBroker"]

@@ -4,14 +4,23 @@ Frames reach a connection synchronously from the broker (:meth:`ClientConnection
 wait in a bounded queue that only this connection's writer task drains, so a client that reads
 slowly never slows the publisher nor any other client.
 
-Memory per connection: the queue holds at most ``send_queue_size`` entries. An entry is a
-reference to a :class:`~streaming_module.protocol.frames.Frame` (shared with every other
-subscriber and the replay log, so ~8 bytes here) or the bytes of a reply. Replayed frames are the
-one exception to the bound: a resume may queue up to ``replay_max_frames`` references at once,
-since they are already held by the replay log. Below the queue, aiohttp's transport buffers up to
-~64 KiB before the writer waits. With ``slow_client_policy='coalesce'`` merged token frames are new
-objects, each capped at :data:`~streaming_module.protocol.coalesce.COALESCE_MAX_CHARS`
-characters of content.
+Memory per connection is bounded twice, whatever the frames' sizes:
+
+- in entries: at most ``send_queue_size`` queued (a reference to a shared, already-encoded
+  :class:`~streaming_module.protocol.frames.Frame`, or the bytes of a reply);
+- in bytes: what the queue holds plus what the socket's transport holds unsent stays within
+  ``send_queue_bytes`` (default 1 MiB). Each entry is counted at its encoded size even when the
+  frame is shared with other clients and the replay log, so this is an upper bound on what one
+  client can make the process keep. A single entry larger than the bound is still let through
+  when nothing else is queued (so a client can receive any frame at all).
+
+Every reply a client provokes (``pong``, ``error``, ``subscribed`` ...) is counted like a frame,
+so a client that sends requests and never reads fills its own bound, not the process.
+
+A resume's replay may go over both bounds once: the frames are already held by the replay log, and
+a replay of up to ``replay_max_frames`` must not disconnect the client it is for. What the replay
+added becomes an allowance that shrinks as the writer sends; a second replay while one is still
+draining gets no allowance (so re-subscribing in a loop without reading hits the bound).
 
 The direct path: a frame delivered to an uncompressed connection whose queue is empty, whose
 writer is not mid-send and whose transport holds less than :data:`DIRECT_WRITE_LIMIT` unsent
@@ -23,11 +32,12 @@ its queue, as before. This reaches below aiohttp's public API, so it lives in
 :mod:`streaming_module.gateway._aiohttp`, whose ``direct_transport`` checks once per connection
 that the internals look as expected; if not, the connection uses the queue and writer task only.
 
-When the queue is full: ``disconnect`` closes the client with ``CloseCode.SLOW_CONSUMER`` (it
+When either bound is hit: ``disconnect`` closes the client with ``CloseCode.SLOW_CONSUMER`` (it
 reconnects and resumes with ``lastSequence``); ``coalesce`` merges consecutive queued token frames
 of the same execution and node into one (content concatenated, the last sequence kept; see
-:mod:`streaming_module.protocol.coalesce`) and falls back to ``SLOW_CONSUMER`` when nothing can be
-merged.
+:mod:`streaming_module.protocol.coalesce`) while only the entry bound is hit, and falls back to
+``SLOW_CONSUMER`` when nothing can be merged or the byte bound is hit (merging cannot shrink the
+text a client is owed).
 """
 
 from __future__ import annotations
@@ -50,6 +60,7 @@ from streaming_module.gateway._aiohttp import (
     direct_transport,
     send_text,
     ws_frame,
+    ws_transport,
 )
 from streaming_module.protocol.close_codes import CloseCode
 from streaming_module.protocol.coalesce import merge, mergeable
@@ -62,9 +73,13 @@ CLOSE_TIMEOUT = 5.0
 
 DIRECT_WRITE_LIMIT = 64 * 1024
 """Unsent bytes a connection's transport may hold for :meth:`ClientConnection.deliver` to still
-write a frame straight to it (asyncio's default high-water mark is 64 KiB); past it frames wait in
-the bounded queue, whose policy applies. So a stalled client costs at most this much plus its
-queue."""
+write a frame straight to it (asyncio's default high-water mark is 64 KiB; lower when
+``send_queue_bytes`` is); past it frames wait in the bounded queue, whose policy applies. The
+transport's unsent bytes count against ``send_queue_bytes`` with the queue."""
+
+DEFAULT_SEND_QUEUE_BYTES = 1024 * 1024
+"""Default of ``websocket.send_queue_bytes``: what one client may be owed, queue and transport
+together (Centrifugo bounds a client's queue at 1 MiB too)."""
 
 SlowClientPolicy = Literal["disconnect", "coalesce"]
 
@@ -77,22 +92,39 @@ class Permissions(Protocol):
 
 class ClientSubscription:
     """A connection's subscription to one execution, with the frame kinds it selected. Called
-    by the broker for each frame of the execution."""
+    by the broker for each frame of the execution.
 
-    __slots__ = ("broker_subscription", "connection", "execution_id", "kinds")
+    ``reply`` (the ``subscribed`` message) goes out just before the first frame the broker
+    delivers, or by :meth:`confirm` once the broker accepted the subscription: so it always
+    precedes the replay, and a subscription the broker refuses gets an ``error`` instead."""
+
+    __slots__ = ("broker_subscription", "connection", "execution_id", "kinds", "reply")
 
     def __init__(
-        self, connection: ClientConnection, execution_id: str, kinds: frozenset[str]
+        self,
+        connection: ClientConnection,
+        execution_id: str,
+        kinds: frozenset[str],
+        reply: bytes | None = None,
     ) -> None:
         self.connection = connection
         self.execution_id = execution_id
         self.kinds = kinds
+        self.reply = reply
         self.broker_subscription: Subscription | None = None
 
     def __call__(self, frame: Frame) -> None:
         if frame.type in FILTERABLE_KINDS and frame.type not in self.kinds:
             return
+        if self.reply is not None:
+            self.confirm()
         self.connection.deliver(frame)
+
+    def confirm(self) -> None:
+        """Send the ``subscribed`` reply if it has not gone out yet."""
+        reply, self.reply = self.reply, None
+        if reply is not None:
+            self.connection.send(reply)
 
     def close(self) -> None:
         if self.broker_subscription is not None:
@@ -111,6 +143,7 @@ class ClientConnection:
         remote: str | None = None,
         claims: Permissions | None = None,
         send_queue_size: int = 4096,
+        send_queue_bytes: int = DEFAULT_SEND_QUEUE_BYTES,
         slow_client_policy: SlowClientPolicy = "disconnect",
         compress_threshold: int | None = None,
         heartbeat: HeartbeatOptions | None = None,
@@ -124,6 +157,7 @@ class ClientConnection:
         self.acks: dict[str, int] = {}
         """Highest sequence the client acknowledged, per execution (see docs/protocol.md)."""
         self.max_queue = send_queue_size
+        self.max_queue_bytes = send_queue_bytes
         self.policy: SlowClientPolicy = slow_client_policy
         self.close_code: int | None = None
         self.frames_sent = 0
@@ -135,6 +169,15 @@ class ClientConnection:
         """Frames written straight to the transport by :meth:`deliver` (the direct path)."""
         self._clock = clock
         self._queue: deque[Frame | bytes] = deque()
+        self._sizes: deque[int] = deque()  # bytes counted for each entry of _queue
+        self._queued_bytes = 0
+        # What a replay may hold beyond the bounds, shrinking as the writer sends (see the module
+        # docstring); _replay_mark is (entries, bytes) when the replay that gets it began.
+        self._slack_entries = 0
+        self._slack_bytes = 0
+        self._replay_mark: tuple[int, int] | None = None
+        self._transport: Transport | None = None
+        self._direct_limit = min(DIRECT_WRITE_LIMIT, send_queue_bytes)
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -142,6 +185,7 @@ class ClientConnection:
         self._compress_threshold = compress_threshold
         self._heartbeat = heartbeat if heartbeat is not None and heartbeat.enabled else None
         self._timer: TimerHandle | None = None
+        self._expiry: TimerHandle | None = None
         self._ping_heard = 0
         self._writer: asyncio.Task[None] | None = None
         self._writing = False  # the writer task is inside a send
@@ -154,6 +198,17 @@ class ClientConnection:
     def queued(self) -> int:
         """Entries waiting in the send queue."""
         return len(self._queue)
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes counted for the entries waiting in the send queue."""
+        return self._queued_bytes
+
+    @property
+    def owed_bytes(self) -> int:
+        """What the byte bound is checked against: the queue plus the transport's unsent
+        bytes."""
+        return self._queued_bytes + self._buffered()
 
     @property
     def closing(self) -> bool:
@@ -169,6 +224,7 @@ class ClientConnection:
             "subscriptions": sorted(self.subscriptions),
             "acks": dict(self.acks),
             "queued": len(self._queue),
+            "queuedBytes": self._queued_bytes,
             "framesSent": self.frames_sent,
             "coalesced": self.coalesced,
             "compressed": bool(self.ws.compress),
@@ -180,9 +236,26 @@ class ClientConnection:
         """Start the writer task and the heartbeat; detect whether the direct path is
         available (once: compression and aiohttp's writer are fixed after ``prepare``)."""
         self._direct = direct_transport(self.ws)
+        self._transport = ws_transport(self.ws)
         self._writer = asyncio.create_task(self._write_loop(), name=f"ws-writer-{self.id}")
         if self._heartbeat is not None:
             self._timer = self._clock.call_later(self._heartbeat.interval / 1000, self._ping_due)
+
+    def expire_in(self, seconds: float) -> None:
+        """Close with ``CloseCode.UNAUTHORIZED`` (reason ``token expired``) ``seconds`` from now
+        on the injected clock: when the token the connection was opened with stops being
+        valid."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self._expiry = self._clock.call_later(max(0.0, seconds), self._token_expired)
+
+    def _token_expired(self) -> None:
+        self._expiry = None
+        if self._closer is None:
+            logger.info(
+                "client %s: its token expired; closing with %d", self.id, CloseCode.UNAUTHORIZED
+            )
+            self.close_soon(CloseCode.UNAUTHORIZED, "token expired")
 
     def heard_from_client(self) -> None:
         self.heard += 1
@@ -218,7 +291,7 @@ class ClientConnection:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._queue.clear()
+        self._forget_queue()
 
     # ------------------------------------------------------------------ sending
     def deliver(self, frame: Frame) -> None:
@@ -231,7 +304,7 @@ class ClientConnection:
             transport, protocol = direct
             if (
                 not protocol.writing_paused
-                and transport.get_write_buffer_size() < DIRECT_WRITE_LIMIT
+                and transport.get_write_buffer_size() < self._direct_limit
                 and not transport.is_closing()
                 and not self.ws.closed
             ):
@@ -244,36 +317,37 @@ class ClientConnection:
                     self.frames_sent += 1
                     self.direct_writes += 1
                     return
-        if (
-            len(self._queue) >= self.max_queue
-            and not self._replaying
-            and not self._make_room(frame)
-        ):
-            return
-        self._queue.append(frame)  # (re-read: _make_room may have compacted into a new deque)
-        self._idle.clear()
-        self._wake.set()
+        self._enqueue(frame, len(frame.encoded()), self._replay_mark is not None)
 
     def send(self, data: bytes) -> None:
-        """Queue a reply or a message for this client only (never blocks)."""
+        """Queue a reply or a message for this client only (never blocks); it counts against
+        both bounds like a frame."""
         if self._closer is not None:
             return
-        if len(self._queue) >= self.max_queue and not self._make_room(None):
-            return
-        self._queue.append(data)
-        self._idle.clear()
-        self._wake.set()
+        self._enqueue(data, len(data), False)
 
     def send_error(self, code: str, message: str) -> None:
         self.send(encode_error(code, message))
 
     def begin_replay(self) -> None:
         """Frames delivered until :meth:`end_replay` are a resume's replay: they are already held
-        by the replay log, so they do not count against the queue bound."""
+        by the replay log, so they may go over the bounds once (see the module docstring)."""
         self._replaying += 1
+        if (
+            self._replaying == 1
+            and self._replay_mark is None
+            and not self._slack_entries
+            and not self._slack_bytes
+        ):
+            self._replay_mark = (len(self._queue), self._queued_bytes)
 
     def end_replay(self) -> None:
         self._replaying -= 1
+        mark = self._replay_mark
+        if self._replaying == 0 and mark is not None:
+            self._replay_mark = None
+            self._slack_entries = max(0, len(self._queue) - mark[0])
+            self._slack_bytes = max(0, self._queued_bytes - mark[1])
 
     async def drained(self, within: float) -> bool:
         """Wait up to ``within`` seconds until the queue is empty; True if it is."""
@@ -285,23 +359,56 @@ class ClientConnection:
             return False
         return True
 
-    def _make_room(self, incoming: Frame | None) -> bool:
-        """The queue is full. Apply the slow-client policy; True if ``incoming`` may be queued
-        (for 'coalesce' it may already have been merged into the tail: then False)."""
-        if self.policy == "coalesce":
+    def _enqueue(self, item: Frame | bytes, size: int, free: bool) -> None:
+        """Queue ``item`` (``size`` bytes) unless a bound says otherwise; ``free``: a replay
+        that may go over them."""
+        if self._queue and not free:
+            over_entries = len(self._queue) >= self.max_queue + self._slack_entries
+            over_bytes = (
+                self._queued_bytes + size + self._buffered()
+                > self.max_queue_bytes + self._slack_bytes
+            )
+            if (over_entries or over_bytes) and not self._make_room(
+                item if isinstance(item, Frame) else None, size, over_bytes
+            ):
+                return
+        self._queue.append(item)  # (re-read: _make_room may have compacted into a new deque)
+        self._sizes.append(size)
+        self._queued_bytes += size
+        self._idle.clear()
+        self._wake.set()
+
+    def _buffered(self) -> int:
+        transport = self._transport
+        if transport is None:
+            return 0
+        try:
+            return transport.get_write_buffer_size()
+        except (AttributeError, RuntimeError):  # a transport already torn down
+            return 0
+
+    def _make_room(self, incoming: Frame | None, size: int, over_bytes: bool) -> bool:
+        """A bound is hit. Apply the slow-client policy; True if ``incoming`` may be queued (for
+        'coalesce' it may already have been merged into the tail: then False)."""
+        if self.policy == "coalesce" and not over_bytes:
             queue = self._queue
             tail = queue[-1] if queue else None
             if incoming is not None and isinstance(tail, Frame) and mergeable(tail, incoming):
                 queue[-1] = merge(tail, incoming)
+                self._sizes[-1] += size  # an upper bound: the parts' envelopes are counted too
+                self._queued_bytes += size
                 self.coalesced += 1
                 return False
-            freed = self._compact()
-            if freed:
+            if self._compact():
                 return True
         logger.warning(
-            "client %s fell %d frames behind; closing with %d (it can resume)",
+            "client %s fell behind (%d entries, %d bytes owed; bounds %d entries, %d bytes); "
+            "closing with %d (it can resume)",
             self.id,
             len(self._queue),
+            self._queued_bytes + self._buffered(),
+            self.max_queue,
+            self.max_queue_bytes,
             CloseCode.SLOW_CONSUMER,
         )
         self.close_soon(CloseCode.SLOW_CONSUMER, "slow consumer: resume with lastSequence")
@@ -309,19 +416,30 @@ class ClientConnection:
 
     def _compact(self) -> int:
         """Merge runs of consecutive mergeable token frames in the queue; returns the number of
-        entries freed."""
+        entries freed. A merged entry is counted at the sum of its parts' sizes."""
         before = len(self._queue)
         out: deque[Frame | bytes] = deque()
-        for item in self._queue:
+        sizes: deque[int] = deque()
+        for item, size in zip(self._queue, self._sizes, strict=True):
             last = out[-1] if out else None
             if isinstance(item, Frame) and isinstance(last, Frame) and mergeable(last, item):
                 out[-1] = merge(last, item)
+                sizes[-1] += size
             else:
                 out.append(item)
+                sizes.append(size)
         freed = before - len(out)
         self.coalesced += freed
         self._queue = out
+        self._sizes = sizes
         return freed
+
+    def _forget_queue(self) -> None:
+        self._queue.clear()
+        self._sizes.clear()
+        self._queued_bytes = 0
+        self._slack_entries = self._slack_bytes = 0
+        self._idle.set()
 
     async def _write_loop(self) -> None:
         ws = self.ws
@@ -334,6 +452,12 @@ class ClientConnection:
                     await self._wake.wait()
                     continue
                 item = queue.popleft()
+                size = self._sizes.popleft()
+                self._queued_bytes -= size
+                if self._slack_entries:
+                    self._slack_entries -= 1
+                if self._slack_bytes:
+                    self._slack_bytes = max(0, self._slack_bytes - size)
                 data = item.encoded() if isinstance(item, Frame) else item
                 self._writing = True
                 try:
@@ -344,8 +468,7 @@ class ClientConnection:
         except (ConnectionError, RuntimeError) as exc:
             # The peer went away (aiohttp raises ClientConnectionResetError, a ConnectionError).
             logger.debug("client %s: send failed: %s", self.id, exc)
-            self._queue.clear()
-            self._idle.set()
+            self._forget_queue()
 
     async def _send(self, ws: web.WebSocketResponse, data: bytes) -> None:
         # Frames under the threshold go uncompressed on a deflate connection; only this task
@@ -386,6 +509,9 @@ class ClientConnection:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
 
     # ------------------------------------------------------------------ closing
     async def _close(self, code: int, reason: str, drain_timeout: float) -> None:
@@ -394,8 +520,7 @@ class ClientConnection:
         if drain_timeout > 0:
             await self.drained(drain_timeout)
         await self._cancel_writer()
-        self._queue.clear()
-        self._idle.set()
+        self._forget_queue()
         try:
             await asyncio.wait_for(
                 self.ws.close(code=code, message=reason.encode()[:120]), CLOSE_TIMEOUT
@@ -417,6 +542,7 @@ class ClientConnection:
 
 
 __all__ = [
+    "DEFAULT_SEND_QUEUE_BYTES",
     "DIRECT_WRITE_LIMIT",
     "ClientConnection",
     "ClientSubscription",

@@ -7,8 +7,9 @@ user's cookies along. So the gateway checks the ``Origin`` header itself, on the
 - no ``Origin`` header: allowed. Browsers always send one on a WebSocket upgrade and on
   cross-origin requests; its absence means a non-browser client (a script, a server), which CORS
   does not concern (authenticate those with a JWT);
-- same origin (the ``Origin``'s host and port equal the ``Host`` header's): allowed, so the
-  server's own pages (the demo at ``/``) always work;
+- same origin (the ``Origin``'s scheme, host and port equal the request's: its scheme, and the
+  ``Host`` header's host and port): allowed, so the server's own pages (the demo at ``/``) always
+  work. ``https://host`` is not the same origin as a plain-HTTP ``host`` (RFC 6454);
 - CORS off (``cors=False``, the default): nothing else;
 - otherwise the configured ``cors.origin``: a list of exact origins (``"https://app.example.com"``,
   scheme and port included), ``"*"`` or ``True`` for any.
@@ -35,6 +36,7 @@ from streaming_module.errors import ForbiddenError
 _log = logging.getLogger("streaming_module.gateway.cors")
 
 _DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
+_SECURE = {"http": False, "ws": False, "https": True, "wss": True}
 PREFLIGHT_MAX_AGE = 600
 """Seconds a browser may cache a preflight answer."""
 
@@ -54,30 +56,41 @@ def _host_port(origin: str, host: str | None) -> tuple[tuple[str, int], tuple[st
         return None
 
 
-def is_same_origin(origin: str, host: str | None) -> bool:
+def is_same_origin(origin: str, host: str | None, scheme: str | None = None) -> bool:
     """True when ``origin`` (e.g. ``"http://127.0.0.1:8080"``) names the host and port of the
-    ``Host`` header (e.g. ``"127.0.0.1:8080"``). Hostnames compare case-insensitively; a missing
-    port is the scheme's default."""
+    ``Host`` header (e.g. ``"127.0.0.1:8080"``) and, when ``scheme`` (the request's: ``http`` or
+    ``https``) is given, its scheme too (``ws``/``wss`` count as ``http``/``https``). Hostnames
+    compare case-insensitively; a missing port is the scheme's default."""
+    if scheme is not None:
+        origin_scheme = origin.partition(":")[0].lower()
+        if _SECURE.get(origin_scheme) is None or _SECURE.get(origin_scheme) != _SECURE.get(
+            scheme.lower()
+        ):
+            return False
     pair = _host_port(origin, host)
     return pair is not None and pair[0] == pair[1]
 
 
-def is_origin_allowed(cors: CorsOptions | None, origin: str | None, host: str | None) -> bool:
+def is_origin_allowed(
+    cors: CorsOptions | None, origin: str | None, host: str | None, scheme: str | None = None
+) -> bool:
     """Whether :func:`check_origin` would let this request through."""
-    if origin is None or is_same_origin(origin, host):
+    if origin is None or is_same_origin(origin, host, scheme):
         return True
     return cors is not None and cors.allows(origin)
 
 
-def check_origin(cors: CorsOptions | None, origin: str | None, host: str | None) -> None:
+def check_origin(
+    cors: CorsOptions | None, origin: str | None, host: str | None, scheme: str | None = None
+) -> None:
     """Allow the request, or raise :class:`ForbiddenError` (context ``reason``
     ``origin_not_allowed`` and the ``origin``) saying how to allow it.
 
     ``cors`` is ``GatewayOptions.cors_options``: ``None`` when CORS is off (then only same-origin
     and non-browser clients pass). ``origin`` and ``host`` are the request's ``Origin`` and
-    ``Host`` headers.
+    ``Host`` headers, ``scheme`` its scheme (``request.scheme``; ``None`` compares hosts only).
     """
-    if is_origin_allowed(cors, origin, host):
+    if is_origin_allowed(cors, origin, host, scheme):
         return
     shown = repr(origin)[:200]
     if cors is None:
@@ -129,7 +142,7 @@ def cors_middleware(cors: CorsOptions | None) -> Middleware:
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         origin = request.headers.get("Origin")
         try:
-            check_origin(cors, origin, request.headers.get("Host"))
+            check_origin(cors, origin, request.headers.get("Host"), request.scheme)
         except ForbiddenError as exc:
             _log.info("refused %s %s from origin %r", request.method, request.path, origin)
             return _forbidden(exc)

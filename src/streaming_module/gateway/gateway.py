@@ -3,16 +3,22 @@
 The gateway speaks the protocol of ``docs/protocol.md``. Frames come from a
 :class:`~streaming_module.broker.base.Broker` (sequenced, replayable); each connection is a
 :class:`~streaming_module.gateway.connection.ClientConnection` with its own bounded queue and
-writer task. Security runs at the upgrade, before any frame flows: Origin (HTTP 403), connection
-rate (HTTP 429), JWT (HTTP 401); then per client frame the request limit (close
-``RATE_LIMITED``) and, on subscribe, the token's ``executions`` claim (``error`` with code
-``forbidden``). Close codes are :class:`~streaming_module.protocol.close_codes.CloseCode`'s.
+writer task. Before any HTTP is read, a TCP connection over the connection cap gets 503; a
+request must arrive whole within ``websocket.request_timeout_ms``; every request's path length
+and body nesting are checked before its handler. Security runs at the upgrade, before any frame
+flows: Origin (HTTP 403), this address's connection rate (HTTP 429), JWT (HTTP 401), then the
+server-wide rate and open-connection caps (HTTP 429) — two steps, so that a refused token spends
+only its own address's budget. Then per client frame (pings and pongs included) the request
+limit (close ``RATE_LIMITED``); on subscribe, the token's ``executions`` claim (``error`` with
+code ``forbidden``); at the token's ``exp`` (plus leeway) the close ``UNAUTHORIZED``. Close codes
+are :class:`~streaming_module.protocol.close_codes.CloseCode`'s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
@@ -26,16 +32,28 @@ from streaming_module.config import StreamingModuleOptions
 from streaming_module.core.clock import Clock, SystemClock
 from streaming_module.errors import (
     AuthenticationError,
+    BrokerError,
     ClientNotFoundError,
     ForbiddenError,
     ProtocolError,
     RateLimitError,
+    StreamingConfigError,
     WebSocketError,
 )
-from streaming_module.gateway.auth import JwtAuthenticator
+from streaming_module.gateway._aiohttp import (
+    ConnectionCap,
+    GatewayWebSocketResponse,
+    read_body_once,
+)
+from streaming_module.gateway.auth import Claims, JwtAuthenticator
 from streaming_module.gateway.connection import ClientConnection, ClientSubscription
 from streaming_module.gateway.cors import check_origin, cors_middleware
-from streaming_module.gateway.limits import ConnectionRateLimiter, RequestRateLimiter
+from streaming_module.gateway.limits import (
+    ConnectionRateLimiter,
+    RequestRateLimiter,
+    ThrottledLogFilter,
+    default_max_open_connections,
+)
 from streaming_module.protocol.close_codes import CloseCode
 from streaming_module.protocol.frames import (
     GAP,
@@ -46,7 +64,7 @@ from streaming_module.protocol.frames import (
     WORKFLOW_UPDATE,
     encode_reply,
 )
-from streaming_module.protocol.json import dumps
+from streaming_module.protocol.json import dumps, nesting_exceeds
 from streaming_module.protocol.messages import (
     Ack,
     Ping,
@@ -71,6 +89,31 @@ shutdown."""
 
 RESERVED_TYPES = REPLY_TYPES | {GAP}
 """Frame types only the gateway itself sends; ``broadcast_to_execution`` refuses them."""
+
+MAX_PATH_LENGTH = 1024
+"""Longest request path (bytes, query string excluded) the HTTP side reads; longer ones get 414
+without their path being echoed anywhere. Execution ids are at most 256 characters."""
+
+MAX_BODY_DEPTH = 64
+"""How deeply an HTTP request body may nest JSON arrays and objects; deeper bodies get 400
+``too_deep`` before any handler parses them."""
+
+TOKEN_REFRESH_PATH = "/auth/refresh"
+"""Where :meth:`StreamingWebSocketGateway.enable_token_refresh` serves by default."""
+
+MAX_SESSION_SECONDS = 24 * 3600
+"""How long after a token chain's first token (its ``auth_time``, else its ``iat``) refreshing
+stops: a stolen token cannot be kept alive forever; its bearer must get a new one from whoever
+issues tokens."""
+
+_NOT_CARRIED = frozenset({"sub", "iat", "exp", "nbf", "iss", "aud", "executions", "auth_time"})
+
+ACCEPT_LOG_FILTER = ThrottledLogFilter(
+    match=lambda record: record.getMessage().startswith("socket.accept()")
+)
+"""Put on the ``asyncio`` logger when a gateway first starts (once per process, and left there):
+a failing ``accept()`` (out of file descriptors, say) is logged at most once a second, with a
+count, instead of a traceback each time."""
 
 
 class RedactingAccessLogger(AbstractAccessLogger):
@@ -110,7 +153,7 @@ class StreamingWebSocketGateway:
         gateway = self.options.gateway
         self._cors = gateway.cors_options
         self._authenticator = JwtAuthenticator(gateway.authentication, self.clock)
-        self._connection_limiter = ConnectionRateLimiter(gateway.rate_limit, self.clock)
+        self._connection_limiter = ConnectionRateLimiter.from_options(self.options, self.clock)
         self._connections: dict[str, ClientConnection] = {}
         self._index_handler: Handler | None = None
         self._runner: web.AppRunner | None = None
@@ -118,7 +161,12 @@ class StreamingWebSocketGateway:
         self._host: str | None = None
         self._accepting = True
         self._runs: RunsApi | None = None
-        self.app = web.Application(middlewares=[cors_middleware(self._cors), _json_errors])
+        self._max_session: float = MAX_SESSION_SECONDS
+        self.connection_cap: ConnectionCap | None = None
+        """The cap on open TCP connections while serving (see :meth:`start`)."""
+        self.app = web.Application(
+            middlewares=[cors_middleware(self._cors), _json_errors, self._request_guard]
+        )
         self.app.router.add_get("/health", self._health)
         self.app.router.add_get("/", self._root)
         self.app.router.add_get("/ws", self.websocket_handler)
@@ -157,8 +205,23 @@ class StreamingWebSocketGateway:
             handle_signals=False,
             shutdown_timeout=5.0,
             access_log_class=RedactingAccessLogger,
+            # aiohttp closes a connection that has not sent a whole request this long after it
+            # opened or after the previous response (its default: an hour).
+            keepalive_timeout=self.options.websocket.request_timeout_ms / 1000,
         )
         await runner.setup()
+        assert runner.server is not None
+        # Every TCP connection, before any HTTP: a backstop below the file-descriptor limit
+        # (WebSocket connections are capped again, with a 429, at the upgrade).
+        rate_limit = self.options.gateway.rate_limit
+        self.connection_cap = ConnectionCap(
+            default_max_open_connections(),
+            2 * rate_limit.max_open_connections_per_address if rate_limit is not None else None,
+        )
+        self.connection_cap.install(runner.server)
+        asyncio_logger = logging.getLogger("asyncio")
+        if ACCEPT_LOG_FILTER not in asyncio_logger.filters:
+            asyncio_logger.addFilter(ACCEPT_LOG_FILTER)
         site = web.TCPSite(runner, host, port)
         try:
             await site.start()
@@ -228,6 +291,56 @@ class StreamingWebSocketGateway:
         if self._runs is not None:
             await self._runs.aclose()
 
+    def enable_token_refresh(
+        self, path: str = TOKEN_REFRESH_PATH, *, max_session: float = MAX_SESSION_SECONDS
+    ) -> None:
+        """Serve ``POST path``: a valid token (same rules as everywhere) is traded for a fresh
+        one with the same subject, ``executions`` and other claims, valid for ``expires_in`` —
+        ``{"token", "expiresAt"}`` — until ``max_session`` seconds after the chain's first token
+        (then 401 ``session_expired``). For pages that keep a connection longer than a token
+        lives (the demo page refreshes at 80% of its token's life). Off unless called: it lets
+        any token holder extend its token, so only a server that issues tokens should offer it.
+        Call it before the server starts; needs the signing secret (``HS*``)."""
+        if not self._authenticator.enabled:
+            raise StreamingConfigError(
+                "token refresh needs authentication enabled (gateway.authentication.enabled)",
+                errors=[("gateway.authentication.enabled", "required for token refresh")],
+            )
+        self._max_session = max_session
+        self.app.router.add_post(path, self._refresh_token)
+
+    async def _refresh_token(self, request: web.Request) -> web.Response:
+        try:
+            claims = self._authenticator.authenticate_request(request)
+            assert claims is not None  # authentication is enabled
+            raw = claims.raw
+            started = raw.get("auth_time", raw.get("iat"))
+            now = self.clock.now().timestamp()
+            if claims.subject is None or not isinstance(started, (int, float)):
+                raise AuthenticationError(
+                    "only a token with 'sub' and 'iat' can be refreshed; get a new one",
+                    context={"reason": "not_refreshable"},
+                )
+            if now - started > self._max_session:
+                raise AuthenticationError(
+                    f"this token's session began over {self._max_session:g} s ago and cannot be "
+                    "extended any more; get a new token",
+                    context={"reason": "session_expired"},
+                )
+        except AuthenticationError as exc:
+            return _http_error(exc, 401, {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        carried = {k: v for k, v in raw.items() if k not in _NOT_CARRIED}
+        token = self._authenticator.issue_token(
+            claims.subject,
+            claims.executions,
+            extra_claims={**carried, "auth_time": int(started)},
+        )
+        fresh = self._authenticator.verify(token)
+        return web.json_response(
+            {"token": token, "expiresAt": fresh.expires_at},
+            headers={"Cache-Control": "no-store"},
+        )
+
     def set_index_handler(self, handler: Handler | None) -> None:
         """What ``GET /`` without an Upgrade header answers (the demo page, typically); by
         default a short JSON description."""
@@ -284,8 +397,8 @@ class StreamingWebSocketGateway:
 
     def get_connections(self) -> list[dict[str, Any]]:
         """One dict per connected client: ``clientId``, ``remote``, ``subject``,
-        ``connectedAt``, ``subscriptions``, ``acks``, ``queued``, ``framesSent``, ``coalesced``,
-        ``compressed``."""
+        ``connectedAt``, ``subscriptions``, ``acks``, ``queued``, ``queuedBytes``,
+        ``framesSent``, ``coalesced``, ``compressed``, ``directWrites``."""
         return [c.info() for c in self._connections.values()]
 
     def get_connection(self, client_id: str) -> ClientConnection | None:
@@ -333,13 +446,51 @@ class StreamingWebSocketGateway:
             }
         )
 
+    @web.middleware
+    async def _request_guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Before any handler: a path over :data:`MAX_PATH_LENGTH` gets 414; a body that does
+        not arrive whole within ``websocket.request_timeout_ms`` gets 408; a body nested deeper
+        than :data:`MAX_BODY_DEPTH` gets 400 ``too_deep``. The body stays cached for the
+        handler (``request.json()`` reads it from memory)."""
+        if len(request.rel_url.raw_path) > MAX_PATH_LENGTH:
+            return web.json_response(
+                {
+                    "code": "uri_too_long",
+                    "message": f"the request path is longer than {MAX_PATH_LENGTH} bytes",
+                },
+                status=414,
+            )
+        if request.body_exists:
+            try:
+                async with asyncio.timeout(self.options.websocket.request_timeout_ms / 1000):
+                    body = await read_body_once(request)
+            except TimeoutError:
+                return web.json_response(
+                    {
+                        "code": "request_timeout",
+                        "message": "the request body did not arrive within "
+                        f"{self.options.websocket.request_timeout_ms} ms",
+                    },
+                    status=408,
+                    headers={"Connection": "close"},
+                )
+            if nesting_exceeds(body, MAX_BODY_DEPTH):
+                return web.json_response(
+                    {
+                        "code": "too_deep",
+                        "message": "the body nests JSON arrays or objects deeper than "
+                        f"{MAX_BODY_DEPTH} levels",
+                    },
+                    status=400,
+                )
+        return await handler(request)
+
     # ------------------------------------------------------------------ WebSocket
     async def websocket_handler(self, request: web.Request) -> web.StreamResponse:
         """The aiohttp handler of the WebSocket endpoint (mount it wherever you like)."""
         if not self.options.gateway.enabled:
-            return web.json_response(
-                {"code": "gateway_disabled", "message": "the WebSocket gateway is disabled"},
-                status=404,
+            return _refusal(
+                WebSocketError("the WebSocket gateway is disabled", code="gateway_disabled"), 404
             )
         if not _is_upgrade(request):
             return web.json_response(
@@ -348,13 +499,20 @@ class StreamingWebSocketGateway:
                 headers={"Upgrade": "websocket"},
             )
         if not self._accepting:
-            return web.json_response(
-                {"code": "shutting_down", "message": "server is shutting down"}, status=503
+            return _refusal(
+                WebSocketError("server is shutting down", code="shutting_down"),
+                503,
+                {"Retry-After": "1"},
             )
+        limiter = self._connection_limiter
         try:
-            check_origin(self._cors, request.headers.get(hdrs.ORIGIN), request.host)
-            self._connection_limiter.check_connection(request.remote)
+            check_origin(self._cors, request.headers.get(hdrs.ORIGIN), request.host, request.scheme)
+            # Two steps, so that a refused token spends only its own address's budget: the
+            # attempt counts against that address; the server-wide count and the open-connection
+            # slot are taken only once the token passed.
+            limiter.check_attempt(request.remote)
             claims = self._authenticator.authenticate_request(request)
+            slot = limiter.admit(request.remote)
         except ForbiddenError as exc:
             return _refusal(exc, 403)
         except RateLimitError as exc:
@@ -362,14 +520,23 @@ class StreamingWebSocketGateway:
             headers = {"Retry-After": str(max(1, round(retry)))} if retry is not None else {}
             return _refusal(exc, 429, headers)
         except AuthenticationError as exc:
-            return _refusal(exc, 401, {"WWW-Authenticate": "Bearer"})
+            # RFC 6750: a token was given and refused -> error="invalid_token".
+            given = exc.context.get("reason") not in (None, "missing")
+            challenge = 'Bearer error="invalid_token"' if given else "Bearer"
+            return _refusal(exc, 401, {"WWW-Authenticate": challenge})
 
+        with slot:  # the open-connection caps count it until it ends
+            return await self._serve(request, claims)
+
+    async def _serve(self, request: web.Request, claims: Claims | None) -> web.StreamResponse:
+        """An admitted upgrade, until its connection ends."""
         ws_options = self.options.websocket
         compression = self.options.gateway.compression
-        ws = web.WebSocketResponse(
+        ws = GatewayWebSocketResponse(
             autoping=False,  # our own heartbeat sees pongs and answers pings
             compress=compression.enabled,
-            max_msg_size=ws_options.max_message_size,
+            # aiohttp refuses a message of max_msg_size bytes or more; ours is "over" the limit.
+            max_msg_size=ws_options.max_message_size + 1,
             timeout=5.0,
         )
         await ws.prepare(request)
@@ -381,12 +548,17 @@ class StreamingWebSocketGateway:
             remote=request.remote,
             claims=claims,
             send_queue_size=ws_options.send_queue_size,
+            send_queue_bytes=ws_options.send_queue_bytes,
             slow_client_policy=ws_options.slow_client_policy,
             compress_threshold=compression.threshold if compression.enabled else None,
             heartbeat=self.options.gateway.heartbeat,
         )
         self._connections[client_id] = connection
         connection.start()
+        if claims is not None:
+            seconds_left = self._authenticator.seconds_left(claims)
+            if seconds_left is not None:  # closed with 4401 at exp + leeway
+                connection.expire_in(seconds_left)
         logger.info("client %s connected from %s", client_id, request.remote)
         try:
             await self._read_loop(
@@ -407,6 +579,7 @@ class StreamingWebSocketGateway:
 
     async def _read_loop(self, connection: ClientConnection, limiter: RequestRateLimiter) -> None:
         ws = connection.ws
+        max_size = self.options.websocket.max_message_size
         while not connection.closing:
             msg = await ws.receive()
             kind = msg.type
@@ -415,23 +588,28 @@ class StreamingWebSocketGateway:
                     logger.info("client %s: %s", connection.id, msg.data)
                 return
             connection.heard_from_client()
-            if kind is WSMsgType.PONG:
-                continue
-            if kind is WSMsgType.PING:
-                with contextlib.suppress(ConnectionError, RuntimeError):
-                    await ws.pong(msg.data)
-                continue
             try:
-                limiter.check()
+                limiter.check()  # every frame counts: text, binary, ping and pong alike
             except RateLimitError as exc:
                 connection.send_error(exc.code, exc.message)
                 await connection.close(CloseCode.RATE_LIMITED, "rate limited", drain_timeout=0.5)
                 return
+            if kind is WSMsgType.PONG:
+                continue
+            if kind is WSMsgType.PING:
+                # (a control frame: at most 125 bytes, aiohttp's reader enforces it)
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await ws.pong(msg.data)
+                continue
             if kind is WSMsgType.BINARY:
                 connection.send_error(
                     "binary_not_supported", "binary frames are not supported; send JSON text"
                 )
                 continue
+            if ws.compress and _utf8_over(msg.data, max_size):
+                # aiohttp checks a decompressed message against max_msg_size + 1 (see above).
+                await connection.close(CloseCode.MESSAGE_TOO_BIG, "message too big")
+                return
             try:
                 await self._on_message(connection, decode_client_message(msg.data))
             except WebSocketError as exc:
@@ -477,6 +655,13 @@ class StreamingWebSocketGateway:
         payload = message.payload
         execution_id = payload.execution_id
         claims = connection.claims
+        if isinstance(claims, Claims) and self._authenticator.seconds_left(claims) == 0:
+            # (its close at exp is due now too; answer first, so the client knows why)
+            connection.send_error(
+                "unauthorized", "the token expired: reconnect with a fresh one and subscribe again"
+            )
+            await connection.close(CloseCode.UNAUTHORIZED, "token expired", drain_timeout=0.5)
+            return
         if claims is not None and not claims.may_subscribe(execution_id):
             raise ForbiddenError(
                 f"this token may not subscribe to execution {execution_id!r} (its 'executions' "
@@ -493,28 +678,36 @@ class StreamingWebSocketGateway:
                 code="too_many_subscriptions",
             )
         kinds = message.kinds
-        subscription = ClientSubscription(connection, execution_id, kinds)
-        connection.subscriptions[execution_id] = subscription
-        connection.send(
-            encode_reply(
-                SUBSCRIBED,
-                {
-                    "executionId": execution_id,
-                    "events": sorted(kinds),
-                    "lastSequence": payload.last_sequence,
-                },
-                execution_id=execution_id,
-            )
+        reply = encode_reply(
+            SUBSCRIBED,
+            {
+                "executionId": execution_id,
+                "events": sorted(kinds),
+                "lastSequence": payload.last_sequence,
+            },
+            execution_id=execution_id,
         )
+        subscription = ClientSubscription(connection, execution_id, kinds, reply)
+        connection.subscriptions[execution_id] = subscription
         connection.begin_replay()
         try:
             subscription.broker_subscription = await self.broker.subscribe(
                 execution_id, subscription, last_sequence=payload.last_sequence
             )
+        except BrokerError as exc:
+            if connection.subscriptions.get(execution_id) is subscription:
+                del connection.subscriptions[execution_id]
+            raise WebSocketError(exc.message, code=exc.code) from None
         finally:
             connection.end_replay()
+        subscription.confirm()  # `subscribed`, if no frame came to send it first
         if connection.subscriptions.get(execution_id) is not subscription:
             subscription.close()  # closed or replaced while subscribing
+
+
+def _utf8_over(text: str, limit: int) -> bool:
+    """Whether ``text`` is more than ``limit`` bytes as UTF-8 (encodes only when it might be)."""
+    return len(text) * 4 > limit and len(text.encode("utf-8", "surrogatepass")) > limit
 
 
 def _is_upgrade(request: web.Request) -> bool:
@@ -546,18 +739,38 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
         )
 
 
+ERROR_HEADER = "Streaming-Error"
+"""Response header repeating a refused upgrade's ``{"code", "message", "reason"?}`` as ASCII JSON:
+WebSocket client libraries report a refused handshake's status and headers, not its body."""
+
+
 def _refusal(
     exc: WebSocketError, status: int, headers: Mapping[str, str] | None = None
 ) -> web.Response:
     logger.info("refused a WebSocket upgrade (%d %s): %s", status, exc.code, exc.message)
-    return web.json_response(
-        {"code": exc.code, "message": exc.message}, status=status, headers=headers
+    return _http_error(exc, status, headers)
+
+
+def _http_error(
+    exc: WebSocketError, status: int, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    """``{"code", "message"}`` with ``status``, repeated in :data:`ERROR_HEADER`."""
+    body: dict[str, Any] = {"code": exc.code, "message": exc.message}
+    reason = exc.context.get("reason")
+    all_headers = dict(headers or {})
+    all_headers[ERROR_HEADER] = json.dumps(
+        {**body, "reason": reason} if isinstance(reason, str) else body, ensure_ascii=True
     )
+    return web.json_response(body, status=status, headers=all_headers)
 
 
 __all__ = [
+    "ERROR_HEADER",
+    "MAX_BODY_DEPTH",
+    "MAX_PATH_LENGTH",
     "MAX_SUBSCRIPTIONS_PER_CONNECTION",
     "SHUTDOWN_DRAIN_TIMEOUT",
+    "TOKEN_REFRESH_PATH",
     "RedactingAccessLogger",
     "StreamingWebSocketGateway",
 ]

@@ -15,7 +15,7 @@ from typing import Any, Final
 
 import orjson
 
-from streaming_module.protocol.json import OPTIONS, json_default, loads
+from streaming_module.protocol.json import OPTIONS, json_default, loads, sized
 from streaming_module.types import FINAL_STATUSES
 
 # --------------------------------------------------------------------------- type names
@@ -87,7 +87,7 @@ def encode_reply(reply_type: str, payload: Any, *, execution_id: str | None = No
     if execution_id is not None:
         message["executionId"] = execution_id
     message["payload"] = payload
-    return orjson.dumps(message, default=json_default, option=OPTIONS)
+    return sized(orjson.dumps(message, default=json_default, option=OPTIONS))
 
 
 def encode_error(code: str, message: str) -> bytes:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import itertools
+import re
 from collections.abc import Mapping
 from datetime import date, datetime, time, timedelta
 from typing import Any, Final
@@ -54,8 +56,47 @@ def json_default(value: Any) -> Any:
 
 
 def dumps(value: Any) -> bytes:
-    """JSON bytes of ``value`` (see :func:`json_default` for non-JSON values)."""
-    return orjson.dumps(value, default=json_default, option=OPTIONS)
+    """JSON bytes of ``value`` (see :func:`json_default` for non-JSON values), sized to fit
+    (see :func:`sized`)."""
+    return sized(orjson.dumps(value, default=json_default, option=OPTIONS))
+
+
+def sized(data: bytes) -> bytes:
+    """``data`` in a ``bytes`` object of its own size. orjson (3.13 here) returns its result in
+    the buffer it wrote into, at least 4 KiB: a 160-byte reply kept in a send queue then holds
+    ~4 KB of memory (measured: 100,000 such results, 393 MB of RSS; copied, 21 MB). Encoders
+    whose result may be kept pass it through this (``encode_frame`` copies the same way). Costs
+    one copy, less than the 4 KiB allocation saves."""
+    return memoryview(data).tobytes()
+
+
+MAX_DEPTH: Final = 32
+"""Default nesting limit of :func:`nesting_exceeds`: far deeper than any message of the protocol
+(3 levels) or a reasonable request body, far shallower than what breaks an encoder (orjson stops
+at 255 when encoding, Python's ``json`` at ~1,000 with a ``RecursionError``)."""
+
+_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"', re.DOTALL)
+# Openers to 1 and closers to 0xFF, i.e. -1 as a signed byte; everything else deleted.
+_STEPS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
+_NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
+
+
+def nesting_exceeds(data: str | bytes | bytearray | memoryview, limit: int = MAX_DEPTH) -> bool:
+    """Whether JSON text ``data`` nests arrays and objects deeper than ``limit``, decided before
+    any parsing, so that no parser, validator or encoder ever recurses through an attacker's
+    ``[[[[...``. Brackets inside strings do not count.
+
+    Cost: two ``bytes.count`` calls for text with at most ``limit`` brackets (every message of
+    the protocol). Otherwise strings are cut out and the depth is the largest running sum of +1
+    per opening and -1 per closing bracket, all in C: about 3 ms per 64 KiB of brackets, 40 ms per
+    MiB on a slow core."""
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False
+    steps = _STRING.sub(b"", raw).translate(_STEPS, _NOT_BRACKETS)
+    if b"\x01" * (limit + 1) in steps:  # a straight run of openers: the usual attack
+        return True
+    return max(itertools.accumulate(memoryview(steps).cast("b")), default=0) > limit
 
 
 def loads(data: str | bytes | bytearray | memoryview) -> Any:
@@ -63,4 +104,13 @@ def loads(data: str | bytes | bytearray | memoryview) -> Any:
     return orjson.loads(data)
 
 
-__all__ = ["OPTIONS", "JSONDecodeError", "dumps", "json_default", "loads"]
+__all__ = [
+    "MAX_DEPTH",
+    "OPTIONS",
+    "JSONDecodeError",
+    "dumps",
+    "json_default",
+    "loads",
+    "nesting_exceeds",
+    "sized",
+]

@@ -3,22 +3,25 @@ them with. No I/O.
 
 Client frames are validated at the edge into pydantic models (:func:`decode_client_message`);
 anything wrong raises :class:`~streaming_module.errors.ProtocolError` whose ``code`` says what
-(``invalid_json``, ``invalid_message``, ``unknown_type``, ``invalid_payload``) and whose
-``message`` says how to fix it. The ``encode_*`` builders write the same messages, as the Python
+(``too_deep``, ``invalid_json``, ``invalid_message``, ``unknown_type``, ``invalid_payload``) and
+whose ``message`` says how to fix it — whatever the input, no other exception escapes. Nesting
+is limited (:data:`MAX_MESSAGE_DEPTH`) before the text is parsed, and execution ids are checked
+whole (:data:`EXECUTION_ID`). The ``encode_*`` builders write the same messages, as the Python
 client sends them.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.alias_generators import to_camel
 
 from streaming_module.errors import ProtocolError, describe_validation_error
 from streaming_module.protocol.frames import FILTERABLE_KINDS
-from streaming_module.protocol.json import JSONDecodeError, dumps, loads
+from streaming_module.protocol.json import JSONDecodeError, dumps, loads, nesting_exceeds
 
 EventKind = Literal["token", "event", "progress", "status"]
 """Frame kinds a subscription may select with ``events``."""
@@ -34,6 +37,14 @@ CLIENT_MESSAGE_TYPES: Final = (SUBSCRIBE_EXECUTION, UNSUBSCRIBE_EXECUTION, PING,
 
 MAX_EXECUTION_ID_LENGTH: Final = 256
 
+EXECUTION_ID: Final = re.compile(r"[^\x00-\x1f\x7f-\x9f]{1,256}")
+"""What an execution id is: 1 to 256 characters, none of them a control character (no newline,
+tab or NUL: ids end up in logs and replies). Always matched whole (``fullmatch``)."""
+
+MAX_MESSAGE_DEPTH: Final = 32
+"""How deeply a client message may nest arrays and objects (the protocol's own messages nest 3
+levels; a ``ping`` payload a few more). Deeper text is refused with ``too_deep`` before parsing."""
+
 MAX_REPORTED_PROBLEMS: Final = 5
 """Validation problems named in one ``invalid_payload`` error."""
 
@@ -44,7 +55,22 @@ class _WireModel(BaseModel):
     )
 
 
-ExecutionId = Annotated[str, Field(min_length=1, max_length=MAX_EXECUTION_ID_LENGTH, strict=True)]
+def _whole_id(value: str) -> str:
+    if EXECUTION_ID.fullmatch(value) is None:
+        raise ValueError("an execution id may not contain control characters (newline, tab, NUL)")
+    return value
+
+
+def is_execution_id(value: object) -> bool:
+    """Whether ``value`` is a valid execution id (a string :data:`EXECUTION_ID` matches whole)."""
+    return isinstance(value, str) and EXECUTION_ID.fullmatch(value) is not None
+
+
+ExecutionId = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_EXECUTION_ID_LENGTH, strict=True),
+    AfterValidator(_whole_id),
+]
 
 
 class SubscribePayload(_WireModel):
@@ -114,10 +140,17 @@ _ADAPTERS: dict[str, TypeAdapter[Any]] = {
 def decode_client_message(data: str | bytes) -> ClientMessage:
     """Parse and validate one client text frame.
 
-    Raises :class:`ProtocolError` with code ``invalid_json`` (not JSON), ``invalid_message`` (not
-    an object, or no string ``type``), ``unknown_type`` or ``invalid_payload`` (missing or mistyped
-    fields; the message names them).
+    Raises :class:`ProtocolError` with code ``too_deep`` (nested deeper than
+    :data:`MAX_MESSAGE_DEPTH`, refused before parsing), ``invalid_json`` (not JSON, or not UTF-8),
+    ``invalid_message`` (not an object, or no string ``type``), ``unknown_type`` or
+    ``invalid_payload`` (missing or mistyped fields; the message names them). Nothing else.
     """
+    if nesting_exceeds(data, MAX_MESSAGE_DEPTH):
+        raise ProtocolError(
+            f"the message nests arrays or objects deeper than {MAX_MESSAGE_DEPTH} levels; "
+            "protocol messages need 3",
+            code="too_deep",
+        )
     try:
         raw = loads(data)
     except JSONDecodeError as exc:
@@ -212,7 +245,9 @@ __all__ = [
     "ACK",
     "ALL_EVENTS",
     "CLIENT_MESSAGE_TYPES",
+    "EXECUTION_ID",
     "MAX_EXECUTION_ID_LENGTH",
+    "MAX_MESSAGE_DEPTH",
     "PING",
     "SUBSCRIBE_EXECUTION",
     "UNSUBSCRIBE_EXECUTION",
@@ -230,4 +265,5 @@ __all__ = [
     "encode_ping",
     "encode_subscribe",
     "encode_unsubscribe",
+    "is_execution_id",
 ]

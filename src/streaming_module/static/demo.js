@@ -6,9 +6,32 @@
 
   var params = new URLSearchParams(window.location.search);
   var token = params.get("token");
-  var wsUrl =
-    (window.location.protocol === "https:" ? "wss://" : "ws://") + window.location.host + "/ws" +
-    (token ? "?token=" + encodeURIComponent(token) : "");
+  function socketUrl() {
+    return (window.location.protocol === "https:" ? "wss://" : "ws://") + window.location.host +
+      "/ws" + (token ? "?token=" + encodeURIComponent(token) : "");
+  }
+
+  // Tokens expire, and the server closes a socket at its token's exp (4401 "token expired"):
+  // at 80% of the token's life, trade it for a fresh one (POST /auth/refresh, offered by
+  // 'streaming-module demo --jwt-secret'); the closed socket then reconnects with it and resumes.
+  function refreshToken() {
+    return fetch("/auth/refresh", { method: "POST", headers: authHeaders() })
+      .then(function (r) { return r.ok ? r.json() : null; })
+      .then(function (body) {
+        if (body && body.token) { token = body.token; scheduleRefresh(body.expiresAt); }
+        return !!(body && body.token);
+      }, function () { return false; });
+  }
+  function scheduleRefresh(expiresAt) {
+    if (!token || !expiresAt) return;
+    window.setTimeout(refreshToken, Math.max(1000, (expiresAt * 1000 - Date.now()) * 0.8));
+  }
+  if (token) {
+    try {
+      var claims = JSON.parse(atob(token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/")));
+      scheduleRefresh(claims.exp);
+    } catch (e) { /* not a JWT we can read: the server will say */ }
+  }
 
   var MAX_RECONNECTS = 12;
   var MAX_LOG_ENTRIES = 300;
@@ -315,7 +338,8 @@
       current.attempts ? "reconnecting…" : "connecting…");
     var socket;
     try {
-      socket = new WebSocket(wsUrl);
+      socket = new WebSocket(socketUrl());
+      var used = token;
     } catch (e) {
       scheduleReconnect(current, "could not open: " + e.message);
       return;
@@ -346,7 +370,13 @@
     socket.onclose = function (event) {
       if (run !== current || current.finished) return;
       if (event.code === 4401) {
-        fail(NOT_AUTHORIZED, TOKEN_ADVICE);
+        var renewed = event.reason === "token expired"
+          ? (token !== used ? Promise.resolve(true) : refreshToken()) : Promise.resolve(false);
+        renewed.then(function (ok) {
+          if (run !== current || current.finished) return;
+          if (ok) scheduleReconnect(current, "token expired · reconnecting with a fresh one");
+          else fail(NOT_AUTHORIZED, TOKEN_ADVICE);
+        });
         return;
       }
       if (event.code === 4403) {
