@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 
 from fake_ws import FakeWebSocket
-
 from streaming_module.core.clock import FakeClock
 from streaming_module.gateway.connection import ClientConnection
 from streaming_module.protocol.close_codes import CloseCode

@@ -15,10 +15,10 @@ from typing import Any
 import aiohttp
 import pytest
 import websockets
-from fake_ws import FakeWebSocket
 from gateway_support import TIMEOUT, recv, recv_until, running_gateway, subscribe
 from gateway_support import wait_for as wait_until
 
+from fake_ws import FakeWebSocket
 from streaming_module.core.clock import FakeClock
 from streaming_module.gateway._aiohttp import direct_transport, ws_frame, ws_text_frame
 from streaming_module.gateway.connection import DIRECT_WRITE_LIMIT, ClientConnection
