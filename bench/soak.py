@@ -437,7 +437,14 @@ async def soak(options: argparse.Namespace) -> int:
         print(f"--warmup ({warmup:g} s) must be shorter than --duration", file=sys.stderr)
         return 2
     server = DemoServer(
-        ["--token-delay-ms", str(options.token_delay_ms), "--log-level", "warning"],
+        # One address opens thousands of connections a minute here: lift the demo's limits.
+        [
+            "--token-delay-ms",
+            str(options.token_delay_ms),
+            "--log-level",
+            "warning",
+            "--no-rate-limit",
+        ],
         deadline=duration + 300,
     )
     print(

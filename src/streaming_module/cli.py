@@ -211,6 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep and fan out frames in Redis (e.g. redis://127.0.0.1:6379/0) instead of memory; "
         "repeat to spread executions over several servers (same list on every process)",
     )  # fmt: skip
+    demo.add_argument(
+        "--no-rate-limit", action="store_true",
+        help="lift the demo's rate limits (new connections and frames per minute, connections "
+        "open per address), e.g. for a load test from one address",
+    )  # fmt: skip
 
     serve = commands.add_parser(
         "serve",
@@ -316,7 +321,7 @@ async def run_until_stopped(
 
 
 async def _demo(args: argparse.Namespace) -> None:
-    from streaming_module.demo.app import DemoServer
+    from streaming_module.demo.app import DEMO_RATE_LIMIT, DemoServer
 
     server = DemoServer(
         host=args.host,
@@ -325,6 +330,7 @@ async def _demo(args: argparse.Namespace) -> None:
         jwt_secret=args.jwt_secret,
         redis_url=args.redis_url,
         default_words=args.words,
+        rate_limit=None if args.no_rate_limit else DEMO_RATE_LIMIT,
     )
     if args.jwt_secret is not None:
         server.gateway.enable_token_refresh()  # the page renews its token before it expires

@@ -264,6 +264,20 @@ async def test_one_token_subject_cannot_take_every_run_slot() -> None:
         await wait_status(session, f"{start}/g0?token={token(sub='greedy')}", "completed")
 
 
+async def test_ids_are_matched_whole_and_not_echoed_at_length() -> None:
+    async with serve() as server, aiohttp.ClientSession() as session:
+        for bad in ("abc\n", "abc\nINJECTED", " abc", "a" * 129):
+            body = {"prompt": "x", "executionId": bad}
+            async with session.post(server.url + "/executions", json=body) as response:
+                assert response.status == 400, bad
+                assert (await response.json())["code"] == "invalid_execution_id"
+        long_id = "z" * 900
+        async with session.get(f"{server.url}/executions/{long_id}") as response:
+            assert response.status == 404
+            message = (await response.json())["message"]
+        assert long_id not in message and len(message) < 300
+
+
 @pytest.mark.parametrize("bad", ["-1", "1.5", "x" * 100])
 def test_resume_points_are_parsed_strictly(bad: str) -> None:
     with pytest.raises(sse.ResumeError):

@@ -178,3 +178,38 @@ async def test_every_http_error_body_is_code_and_message() -> None:
         assert missing.status == 404 and (await missing.json())["code"] == "not_found"
         assert missing.headers["Access-Control-Allow-Origin"] == "http://app.example"
     await demo.aclose()
+
+
+async def test_the_demo_has_rate_limits_on_unless_lifted() -> None:
+    from streaming_module.cli import build_parser
+    from streaming_module.demo.app import DEMO_RATE_LIMIT, DemoServer
+
+    limited = DemoServer(port=0).container.options().gateway.rate_limit
+    assert limited is not None
+    assert limited.max_connections == DEMO_RATE_LIMIT["max_connections"] == 600
+    assert limited.max_requests_per_connection == 6_000
+    assert limited.max_open_connections_per_address == 64
+    assert DemoServer(port=0, rate_limit=None).container.options().gateway.rate_limit is None
+    assert not build_parser().parse_args(["demo"]).no_rate_limit
+    assert build_parser().parse_args(["demo", "--no-rate-limit"]).no_rate_limit
+
+
+async def test_a_flood_of_upgrades_from_one_address_is_refused_by_the_demo() -> None:
+    import aiohttp
+
+    from streaming_module.demo.app import DemoServer
+
+    async with (
+        DemoServer(port=0, rate_limit={"window_ms": 60_000, "max_connections": 5}) as server,
+        aiohttp.ClientSession() as session,
+    ):
+        statuses = []
+        for _ in range(8):
+            try:
+                ws = await session.ws_connect(server.url + "/ws")
+            except aiohttp.WSServerHandshakeError as exc:
+                statuses.append(exc.status)
+            else:
+                statuses.append(101)
+                await ws.close()
+        assert statuses[:5] == [101] * 5 and set(statuses[5:]) == {429}

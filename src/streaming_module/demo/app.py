@@ -143,6 +143,18 @@ class DemoApp:
         await self.runs.aclose()
 
 
+DEMO_RATE_LIMIT: Mapping[str, Any] = {
+    "window_ms": 60_000,
+    "max_connections": 600,
+    "max_requests_per_connection": 6_000,
+    "max_open_connections_per_address": 64,
+}
+"""The demo's rate limits, on unless ``rate_limit=None`` (``--no-rate-limit``): per address
+(and for the whole server), 600 new connections and, per connection, 6,000 frames a minute, and
+64 connections open at once per address — far above what a visitor's page does (one connection,
+a few frames a run), far below what a flood needs. See docs/security.md."""
+
+
 class DemoServer:
     """The whole demo: ``async with DemoServer(port=0) as demo: print(demo.url)``.
 
@@ -160,16 +172,20 @@ class DemoServer:
         jwt_secret: str | None = None,
         redis_url: str | list[str] | None = None,
         default_words: int = DEFAULT_WORDS,
+        rate_limit: Mapping[str, Any] | None = DEMO_RATE_LIMIT,
     ) -> None:
         from streaming_module.demo.workflow import AIContentGenerationWorkflow
         from streaming_module.module import StreamingModule
 
+        gateway: dict[str, Any] = {
+            "enabled": True,
+            "authentication": {"enabled": jwt_secret is not None, "secret_key": jwt_secret},
+        }
+        if rate_limit is not None:
+            gateway["rate_limit"] = dict(rate_limit)
         options: dict[str, Any] = {
             "websocket": {"enabled": True, "host": host, "port": port},
-            "gateway": {
-                "enabled": True,
-                "authentication": {"enabled": jwt_secret is not None, "secret_key": jwt_secret},
-            },
+            "gateway": gateway,
         }
         if redis_url:
             options["broker"] = {"backend": "redis", "redis_url": redis_url}

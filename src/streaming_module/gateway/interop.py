@@ -196,7 +196,7 @@ class ChatEndpoint:
 
     @staticmethod
     def check_chat_id(chat_id: Any) -> str:
-        if not isinstance(chat_id, str) or not EXECUTION_ID_PATTERN.match(chat_id):
+        if not isinstance(chat_id, str) or not EXECUTION_ID_PATTERN.fullmatch(chat_id):
             raise HttpError(
                 400,
                 "invalid_chat_id",

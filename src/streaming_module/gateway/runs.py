@@ -65,7 +65,22 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("streaming_module.gateway.runs")
 
-EXECUTION_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+EXECUTION_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+"""What ``POST /executions`` accepts as an ``executionId`` (and a workflow name): always matched
+whole (``fullmatch``), so ``"abc\n"`` is refused."""
+
+SHOWN_ID_CHARS = 80
+"""How much of a client-given id an error message repeats."""
+
+
+def shown_id(value: str) -> str:
+    """``value`` quoted for an error message, cut at :data:`SHOWN_ID_CHARS` characters (a 404
+    never echoes a kilobyte of id back)."""
+    if len(value) <= SHOWN_ID_CHARS:
+        return repr(value)
+    return repr(value[: SHOWN_ID_CHARS - 3] + "...")
+
+
 """Client-chosen execution ids: 1-128 letters, digits, ``.``, ``_``, ``:``, ``-``."""
 
 CONTROL_CHANNEL = "@runs/control"
@@ -270,7 +285,7 @@ class RunsApi:
         :func:`~streaming_module.gateway.interop.serve_ai_chat` (the gateway's
         ``register_workflow(..., agui=, ai_chat=)`` does).
         """
-        if not isinstance(name, str) or not EXECUTION_ID_PATTERN.match(name):
+        if not isinstance(name, str) or not EXECUTION_ID_PATTERN.fullmatch(name):
             raise ValueError(f"workflow name {name!r}: use letters, digits, '.', '_', ':' or '-'")
         run = getattr(workflow, "run", None)
         if not callable(run):
@@ -317,7 +332,10 @@ class RunsApi:
         if registration is None:
             known = ", ".join(sorted(self.registrations)) or "none"
             raise HttpError(
-                404, "unknown_workflow", f"no workflow {name!r} is registered (known: {known})"
+                404,
+                "unknown_workflow",
+                f"no workflow {shown_id(key) if key is not None else 'by default'} is "
+                f"registered (known: {known})",
             )
         return registration
 
@@ -366,7 +384,7 @@ class RunsApi:
             raise HttpError(
                 403,
                 "forbidden",
-                f"this token may not {action} execution {execution_id!r} (its 'executions' "
+                f"this token may not {action} execution {shown_id(execution_id)} (its 'executions' "
                 "claim does not list it)",
             )
 
@@ -416,7 +434,7 @@ class RunsApi:
     def check_execution_id(execution_id: Any, field: str = "executionId") -> str | None:
         if execution_id is None:
             return None
-        if not isinstance(execution_id, str) or not EXECUTION_ID_PATTERN.match(execution_id):
+        if not isinstance(execution_id, str) or not EXECUTION_ID_PATTERN.fullmatch(execution_id):
             raise HttpError(
                 400,
                 "invalid_execution_id",
@@ -442,7 +460,7 @@ class RunsApi:
             raise HttpError(
                 409,
                 "execution_exists",
-                f"execution {execution_id!r} already exists; choose another executionId",
+                f"execution {shown_id(execution_id)} already exists; choose another executionId",
             )
         workflow_input = registration.make_input(request)
         subject = claims.subject if claims is not None else None
@@ -548,7 +566,7 @@ class RunsApi:
             raise HttpError(
                 404,
                 "not_found",
-                f"no execution {execution_id!r} is known (unknown, or forgotten after "
+                f"no execution {shown_id(execution_id)} is known (unknown, or forgotten after "
                 f"{self.options.max_executions} newer runs)",
             )
         return _describe(
@@ -577,7 +595,9 @@ class RunsApi:
 
     @staticmethod
     def _finished(execution_id: str, status: str) -> HttpError:
-        return HttpError(409, "not_running", f"execution {execution_id!r} already ended ({status})")
+        return HttpError(
+            409, "not_running", f"execution {shown_id(execution_id)} already ended ({status})"
+        )
 
     async def _cancel_local(self, run: Run) -> None:
         task = run.task
@@ -728,6 +748,7 @@ class RunsApi:
 __all__ = [
     "CONTROL_CHANNEL",
     "EXECUTION_ID_PATTERN",
+    "SHOWN_ID_CHARS",
     "HttpError",
     "InputBuilder",
     "Registration",
