@@ -36,8 +36,9 @@ When it fails (exit status 1)
       median of the last third of the samples exceeds the median of the first third by more
       than its bound (see ``BOUNDS``);
     * once the load stops, the clients are gone and the broker's retention has passed (up to
-      90 s), connections, subscriptions and broker executions are not back to 0, or descriptors
-      and tasks not back within a few of their idle values before the load.
+      90 s), connections and subscriptions are not back to 0, broker executions not back to 0
+      but the runs API's cancel channel, or descriptors and tasks not back within a few of their
+      idle values before the load.
 The table it prints shows, per metric: idle before the load, the two medians, the largest
 sample, the idle value after, the bound and the verdict.
 """
@@ -97,7 +98,9 @@ BOUNDS: dict[str, Bound] = {
     "tasks": Bound(absolute=20, relative=0.25, idle_slack=5),
     "connections": Bound(absolute=8, relative=0.5, idle_slack=0),
     "subscriptions": Bound(absolute=8, relative=0.5, idle_slack=0),
-    "executions": Bound(absolute=50, relative=0.5, idle_slack=0),
+    # idle_slack 1: the runs API's cancel channel (an execution named "@runs/control"), opened
+    # by the first run and kept, empty, for the server's life.
+    "executions": Bound(absolute=50, relative=0.5, idle_slack=1),
 }
 
 
@@ -500,7 +503,7 @@ async def _settle(
         figures = await sample(session, base, pid)
         settled = (
             figures["connections"] == 0
-            and figures["executions"] == 0
+            and figures["executions"] <= idle_before["executions"] + BOUNDS["executions"].idle_slack
             and figures["tasks"] <= idle_before["tasks"] + 5
         )
         if settled or time.monotonic() > deadline:

@@ -278,6 +278,23 @@ async def test_ids_are_matched_whole_and_not_echoed_at_length() -> None:
         assert long_id not in message and len(message) < 300
 
 
+async def test_the_servers_own_channels_cannot_be_watched_or_read() -> None:
+    async with serve() as server, aiohttp.ClientSession() as session:
+        body = {"prompt": "x", "words": 3, "executionId": "first"}
+        async with session.post(server.url + "/executions", json=body) as response:
+            assert response.status == 202  # the cancel channel exists from the first run on
+        await wait_status(session, server.url + "/executions/first", "completed")
+        for path in ("/executions/@runs%2Fcontrol/events", "/executions/@chat%2Fx"):
+            async with session.get(server.url + path) as response:
+                assert response.status == 404, path
+        async with session.ws_connect(server.url + "/ws") as ws:
+            subscribe = {"executionId": "@runs/control", "lastSequence": 0}
+            await ws.send_json({"type": "subscribe_execution", "payload": subscribe})
+            reply = await ws.receive_json(timeout=5)
+        assert reply["type"] == "error" and reply["payload"]["code"] == "invalid_payload"
+        assert "reserved" in reply["payload"]["message"]
+
+
 @pytest.mark.parametrize("bad", ["-1", "1.5", "x" * 100])
 def test_resume_points_are_parsed_strictly(bad: str) -> None:
     with pytest.raises(sse.ResumeError):

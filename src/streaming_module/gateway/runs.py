@@ -59,6 +59,7 @@ from streaming_module.gateway.sse import (
 from streaming_module.protocol import sse
 from streaming_module.protocol.frames import Frame
 from streaming_module.protocol.json import dumps
+from streaming_module.protocol.messages import RESERVED_ID_PREFIX
 
 if TYPE_CHECKING:
     from streaming_module.gateway.auth import Claims, JwtAuthenticator
@@ -379,7 +380,10 @@ class RunsApi:
 
     @staticmethod
     def check_access(claims: Claims | None, execution_id: str, action: str = "read") -> None:
-        """403 unless the token may touch ``execution_id`` (its ``executions`` claim)."""
+        """404 for the server's own channels and records (ids beginning with ``@``); 403 unless
+        the token may touch ``execution_id`` (its ``executions`` claim)."""
+        if execution_id.startswith(RESERVED_ID_PREFIX):
+            raise HttpError(404, "not_found", f"no execution {shown_id(execution_id)} is known")
         if claims is not None and not claims.may_subscribe(execution_id):
             raise HttpError(
                 403,
@@ -562,7 +566,7 @@ class RunsApi:
         if run is not None:
             return run.to_json()
         record = await self.broker.load_run(execution_id)
-        if record is None or execution_id.startswith("@"):
+        if record is None:
             raise HttpError(
                 404,
                 "not_found",

@@ -55,15 +55,27 @@ class _WireModel(BaseModel):
     )
 
 
+RESERVED_ID_PREFIX: Final = "@"
+"""Ids beginning with it name the server's own channels and records (the runs API's cancel
+channel, chat and thread records): no client may subscribe to, read or watch them."""
+
+
 def _whole_id(value: str) -> str:
     if EXECUTION_ID.fullmatch(value) is None:
         raise ValueError("an execution id may not contain control characters (newline, tab, NUL)")
+    if value.startswith(RESERVED_ID_PREFIX):
+        raise ValueError(f"execution ids beginning with {RESERVED_ID_PREFIX!r} are reserved")
     return value
 
 
 def is_execution_id(value: object) -> bool:
-    """Whether ``value`` is a valid execution id (a string :data:`EXECUTION_ID` matches whole)."""
-    return isinstance(value, str) and EXECUTION_ID.fullmatch(value) is not None
+    """Whether ``value`` is a valid execution id (a string :data:`EXECUTION_ID` matches whole,
+    not beginning with :data:`RESERVED_ID_PREFIX`)."""
+    return (
+        isinstance(value, str)
+        and EXECUTION_ID.fullmatch(value) is not None
+        and not value.startswith(RESERVED_ID_PREFIX)
+    )
 
 
 ExecutionId = Annotated[
@@ -249,6 +261,7 @@ __all__ = [
     "MAX_EXECUTION_ID_LENGTH",
     "MAX_MESSAGE_DEPTH",
     "PING",
+    "RESERVED_ID_PREFIX",
     "SUBSCRIBE_EXECUTION",
     "UNSUBSCRIBE_EXECUTION",
     "Ack",
