@@ -503,7 +503,8 @@
   function pageApi(current) {
     var mine = function (f) { return function () { if (run === current) return f.apply(null, arguments); }; };
     return {
-      token: token, authHeaders: authHeaders,
+      token: function () { return token; },  // read at each use: the page renews its token
+      authHeaders: authHeaders,
       prompt: function () { return el.prompt.value; },
       words: function () { return parseInt(el.words.value, 10) || 300; },
       applyFrame: mine(onFrame), log: mine(log), setConnection: mine(setConnection), fail: mine(fail),

@@ -167,7 +167,7 @@
     var last = 0;
     function open() {
       var url = "/executions/" + encodeURIComponent(run.id) + "/events?lastSequence=" + last +
-        (run.page.token ? "&token=" + encodeURIComponent(run.page.token) : "");
+        (run.page.token() ? "&token=" + encodeURIComponent(run.page.token()) : "");
       var source = new EventSource(url);
       run.source = source;
       var opened = false;
@@ -190,9 +190,15 @@
       });
       source.onerror = function () {
         if (run.finished || current !== run) { source.close(); return; }
-        if (source.readyState === 2 && !opened) {
+        if (source.readyState === 2) {
           source.close();
-          run.page.fail("SSE refused (is a token needed? open the page as /?token=<JWT>)");
+          if (!opened) {
+            run.page.fail("SSE refused (is a token needed? open the page as /?token=<JWT>)");
+            return;
+          }
+          // The server ended the stream for good (its token expired, so the browser's own
+          // reconnect with the same URL was refused): reopen with the page's current token.
+          retry(run, "SSE stream ended by the server", open);
         }
         // Otherwise the browser reconnects by itself with Last-Event-ID.
       };
