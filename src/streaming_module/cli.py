@@ -2,7 +2,7 @@
 
 The first line a server command prints to stdout is exactly ``listening on http://HOST:PORT``
 (the real port, also with ``--port 0``); logs go to stderr. Ctrl-C or SIGTERM shuts down cleanly:
-runs are cancelled, connections closed with 1001, the port released.
+runs are cancelled, connections closed with ``GOING_AWAY``, the port released.
 """
 
 from __future__ import annotations

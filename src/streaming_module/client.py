@@ -30,8 +30,8 @@ Errors say why, with the server's own ``code`` and ``message`` (the gateway repe
 
 Tokens expire: give ``token`` as a callable (sync or async) returning a JWT, and the client asks
 it for a fresh one at every (re)connection. When the gateway closes the connection because the
-token expired (4401), the client reconnects with a fresh token and resumes every subscription
-after its last delivered frame: nothing is lost. With a plain string, that close raises
+token expired (``UNAUTHORIZED``), the client reconnects with a fresh token and resumes every
+subscription after its last delivered frame: nothing is lost. With a plain string, that close raises
 :class:`~streaming_module.errors.AuthenticationError`.
 
 No resource outlives a failure: a client that cannot connect closes the aiohttp session it
@@ -324,7 +324,8 @@ class StreamingClient:
     ``url`` is the gateway's WebSocket URL (``ws://host:port/ws``; ``http://`` is accepted and
     converted). ``token`` is a JWT sent as ``Authorization: Bearer`` at the upgrade, or a
     callable (sync or async) returning one, asked again at every (re)connection: then a close
-    for an expired token (4401) is followed by a reconnection with a fresh token and a resume.
+    for an expired token (``UNAUTHORIZED``) is followed by a reconnection with a fresh token and
+    a resume.
 
     Reconnection: after an unexpected close the client waits
     ``min(backoff_max, backoff_initial * backoff_factor ** n)`` seconds, less a random fraction

@@ -343,7 +343,7 @@ class RateLimitOptions(OptionsModel):
 
     ``max_connections`` counts new connections per window, per client address and overall;
     ``max_requests_per_connection`` counts client frames per window on one connection (over it,
-    the connection is closed with 4429); ``max_open_connections_per_address`` caps the
+    the connection is closed with ``RATE_LIMITED``); ``max_open_connections_per_address`` caps the
     connections one address holds open at once.
     """
 
@@ -404,7 +404,10 @@ class WebSocketOptions(OptionsModel):
     port: int = Field(default=8080, ge=0, le=65535, description="0 picks a free port.")
     host: str = "127.0.0.1"
     max_message_size: int = Field(
-        default=65536, ge=256, description="Largest client frame in bytes; over it: close 1009."
+        default=65536,
+        ge=256,
+        description="Largest client frame in bytes; over it the connection is closed with "
+        "MESSAGE_TOO_BIG.",
     )
     send_queue_size: int = Field(
         default=4096,
@@ -428,8 +431,8 @@ class WebSocketOptions(OptionsModel):
     )
     slow_client_policy: Literal["disconnect", "coalesce"] = Field(
         default="disconnect",
-        description="'disconnect' closes a client that falls behind with 4008 (it resumes from "
-        "its last sequence); 'coalesce' merges its queued token frames instead.",
+        description="'disconnect' closes a client that falls behind with SLOW_CONSUMER (it "
+        "resumes from its last sequence); 'coalesce' merges its queued token frames instead.",
     )
     max_open_connections: int | None = Field(
         default=None,

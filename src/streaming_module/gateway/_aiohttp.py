@@ -159,9 +159,9 @@ UNMASKED_FRAME = "client frames must be masked (RFC 6455, section 5.1)"
 
 class _MaskCheck:
     """Stands between aiohttp's request handler and its WebSocket reader: reads each client frame
-    header (2-14 bytes; the payload is skipped, not copied) and fails the connection with 1002
-    at the first one without the MASK bit, before the reader sees it. Costs a few Python
-    operations per frame header."""
+    header (2-14 bytes; the payload is skipped, not copied) and fails the connection with
+    ``PROTOCOL_ERROR`` at the first one without the MASK bit, before the reader sees it. Costs a
+    few Python operations per frame header."""
 
     __slots__ = ("_header", "_inner", "_queue", "_skip", "failed")
 
@@ -220,7 +220,7 @@ class _MaskCheck:
 
 
 class GatewayWebSocketResponse(web.WebSocketResponse):
-    """aiohttp's ``WebSocketResponse``, refusing unmasked client frames with 1002 (see
+    """aiohttp's ``WebSocketResponse``, refusing unmasked client frames with ``PROTOCOL_ERROR`` (see
     :class:`_MaskCheck`). Where aiohttp's internals do not look as expected it behaves exactly
     like its base class; :attr:`mask_checked` says which."""
 

@@ -374,9 +374,9 @@ class JwtAuthenticator:
 
     def seconds_left(self, claims: Claims) -> float | None:
         """How long, from now on the injected clock, a connection authenticated with ``claims``
-        may stay open: until the token's ``exp`` plus ``leeway``, then it must be closed (4401).
-        ``None`` for a token without ``exp``; 0.0 once that moment has passed. Schedule the
-        close with ``clock.call_later(seconds_left, ...)``."""
+        may stay open: until the token's ``exp`` plus ``leeway``, then it must be closed
+        (``UNAUTHORIZED``). ``None`` for a token without ``exp``; 0.0 once that moment has
+        passed. Schedule the close with ``clock.call_later(seconds_left, ...)``."""
         if claims.expires_at is None:
             return None
         deadline = claims.expires_at + self._options.leeway

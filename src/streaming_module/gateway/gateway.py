@@ -557,7 +557,7 @@ class StreamingWebSocketGateway:
         connection.start()
         if claims is not None:
             seconds_left = self._authenticator.seconds_left(claims)
-            if seconds_left is not None:  # closed with 4401 at exp + leeway
+            if seconds_left is not None:  # closed with UNAUTHORIZED at exp + leeway
                 connection.expire_in(seconds_left)
         logger.info("client %s connected from %s", client_id, request.remote)
         try:

@@ -16,7 +16,7 @@ new connections per address        ``rate_limit.max_connections`` / window      
 new connections, whole server      ``rate_limit.max_connections`` / window       HTTP 429
 open connections per address       ``rate_limit.max_open_connections_per_address`` HTTP 429
 open connections, whole server     ``websocket.max_open_connections``            HTTP 429
-frames per connection (all kinds)  ``rate_limit.max_requests_per_connection``    close 4429
+frames per connection (all kinds)  ``rate_limit.max_requests_per_connection``    RATE_LIMITED
 ================================== ============================================= ==============
 
 Admitting a connection takes two steps, so that a client refused for a bad JWT never spends
@@ -485,10 +485,10 @@ class RequestRateLimiter:
         )
 
     def check(self) -> None:
-        """Count one client frame, or raise :class:`RateLimitError` (close code 4429) when this
-        connection has sent ``max_requests_per_connection`` frames within the last window; the
-        gateway then closes it. ``context['retry_after']`` is the seconds until one more frame
-        would have been allowed."""
+        """Count one client frame, or raise :class:`RateLimitError` (close code ``RATE_LIMITED``)
+        when this connection has sent ``max_requests_per_connection`` frames within the last
+        window; the gateway then closes it. ``context['retry_after']`` is the seconds until one
+        more frame would have been allowed."""
         limit = self._limit
         if limit is None:
             return

@@ -9,6 +9,9 @@ Code Name                   Meaning / what a client should do
 ==== ====================== ===============================================================
 1000 NORMAL                 Closed on request. Nothing to do.
 1001 GOING_AWAY             The server is shutting down. Reconnect later with ``lastSequence``.
+1002 PROTOCOL_ERROR         The client broke RFC 6455: an unmasked frame, a control frame over
+                            125 bytes or fragmented (sent by aiohttp). Fix the client.
+1007 INVALID_PAYLOAD        A text frame that is not UTF-8 (sent by aiohttp). Fix the client.
 1008 POLICY_VIOLATION       The connection broke a policy (e.g. its ``Origin`` is not allowed
                             when the refusal cannot be an HTTP 403). Do not retry unchanged.
 1009 MESSAGE_TOO_BIG        A client frame exceeded ``websocket.max_message_size``. Send smaller
@@ -40,6 +43,8 @@ class CloseCode(IntEnum):
 
     NORMAL = 1000
     GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002
+    INVALID_PAYLOAD = 1007
     POLICY_VIOLATION = 1008
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
