@@ -157,6 +157,8 @@ def test_close_codes_are_the_documented_numbers() -> None:
     assert {code.name: int(code) for code in CloseCode} == {
         "NORMAL": 1000,
         "GOING_AWAY": 1001,
+        "PROTOCOL_ERROR": 1002,
+        "INVALID_PAYLOAD": 1007,
         "POLICY_VIOLATION": 1008,
         "MESSAGE_TOO_BIG": 1009,
         "INTERNAL_ERROR": 1011,
