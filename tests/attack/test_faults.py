@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -201,11 +202,20 @@ async def test_sigterm_mid_run_closes_with_1001_and_clients_resume_after_a_resta
 # ------------------------------------------------------------------ user callbacks that raise
 
 
+CALLBACKS = ("processor", "transformer", "calculator")
+CALLBACK_NAMES = {"processor": "token processor", "transformer": "event transformer",
+                  "calculator": "progress calculator"}  # fmt: skip
+DROPPED = {"processor": "tokens", "transformer": "events", "calculator": "progress reports"}
+SUMMARY_WORDS = 12
+
+
 def _boom(*_: Any) -> Any:
     raise RuntimeError("a user callback failed")
 
 
 def _faulty_workflows() -> dict[str, type]:
+    """One workflow per callback kind: its ``write`` node has that callback raising on every
+    item; its ``summarise`` node, after it, has none (it streams tokens, events and progress)."""
     from interop_support import Draft
     from streaming_module.workflow import (
         DeclarativeWorkflowBase,
@@ -221,6 +231,10 @@ def _faulty_workflows() -> dict[str, type]:
             super().__init__(**services)
             self.llm = llm
 
+        async def _summary(self) -> Draft:
+            reply = await self.llm.ainvoke("summarise", words=SUMMARY_WORDS)
+            return {"inner": str(reply.content)}
+
     @workflow(name="bad-processor")
     class BadProcessor(_Base):
         @node(type="llm")
@@ -228,6 +242,12 @@ def _faulty_workflows() -> dict[str, type]:
         async def write(self, state: Draft) -> Draft:
             reply = await self.llm.ainvoke(state["prompt"], words=30)
             return {"content": str(reply.content)}
+
+        @node(type="llm")
+        @stream_token(flush_interval=20, buffer_size=8)
+        @stream_progress(interval=0)
+        async def summarise(self, state: Draft) -> Draft:
+            return await self._summary()
 
     @workflow(name="bad-transformer")
     class BadTransformer(_Base):
@@ -237,6 +257,12 @@ def _faulty_workflows() -> dict[str, type]:
             reply = await self.llm.ainvoke(state["prompt"], words=30)
             return {"content": str(reply.content)}
 
+        @node(type="llm")
+        @stream_token(flush_interval=20, buffer_size=8)
+        @stream_progress(interval=0)
+        async def summarise(self, state: Draft) -> Draft:
+            return await self._summary()
+
     @workflow(name="bad-calculator")
     class BadCalculator(_Base):
         @node(type="llm")
@@ -245,6 +271,12 @@ def _faulty_workflows() -> dict[str, type]:
             await self.progress.update(1, 2)
             reply = await self.llm.ainvoke(state["prompt"], words=30)
             return {"content": str(reply.content)}
+
+        @node(type="llm")
+        @stream_token(flush_interval=20, buffer_size=8)
+        @stream_progress(interval=0)
+        async def summarise(self, state: Draft) -> Draft:
+            return await self._summary()
 
     return {"processor": BadProcessor, "transformer": BadTransformer, "calculator": BadCalculator}
 
@@ -284,44 +316,90 @@ async def _callback_server() -> AsyncIterator[Any]:
         yield gateway
 
 
-async def _callback_runs() -> tuple[dict[str, list[Any]], str, str]:
+async def _callback_runs() -> tuple[dict[str, list[Any]], dict[str, Any], str, str]:
+    """The three faulty runs and a healthy one, watched side by side: each faulty run's frames
+    and result, the healthy run's text and its result's text."""
     async with _callback_server() as gateway, aiohttp.ClientSession() as session:
         url = gateway.ws_url
-        names = ["processor", "transformer", "calculator"]
-        runs = [{"workflow": f"bad-{n}", "prompt": "p", "executionId": f"bad-{n}"} for n in names]
+        runs = [{"workflow": f"bad-{n}", "prompt": "p", "executionId": f"bad-{n}"}
+                for n in CALLBACKS]  # fmt: skip
         healthy = {"workflow": "writer", "prompt": "p", "executionId": "good", "words": 400}
         results = await asyncio.gather(*(_watch(session, url, run) for run in [*runs, healthy]))
-        async with session.get(gateway.url + "/executions/good") as response:
-            expected = (await response.json())["result"]["content"]
+        states: dict[str, Any] = {}
+        for execution_id in [*(run["executionId"] for run in runs), "good"]:
+            async with session.get(f"{gateway.url}/executions/{execution_id}") as response:
+                states[execution_id] = (await response.json())["result"]
         text = "".join(f["payload"]["content"] for f in results[-1] if f["type"] == "token")
-        return dict(zip(names, results[:-1], strict=True)), text, expected
+        frames = dict(zip(CALLBACKS, results[:-1], strict=True))
+        return frames, states, text, states["good"]["content"]
 
 
-async def test_a_user_callback_that_raises_ends_only_its_own_stream() -> None:
+def _node_frames(frames: list[Any], kind: str, node_id: str) -> list[Any]:
+    return [f for f in frames if f["type"] == kind and f["payload"].get("nodeId") == node_id]
+
+
+def _error_events(frames: list[Any]) -> list[Any]:
+    return [f for f in frames if f["type"] == "event" and f["payload"]["eventType"] == "error"]
+
+
+async def test_a_user_callback_that_raises_leaves_its_run_and_the_others_going(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     tasks_before = len(asyncio.all_tasks())
-    streams, text, expected = await _callback_runs()
+    with caplog.at_level(logging.WARNING, logger="streaming_module"):
+        streams, states, text, expected = await _callback_runs()
+    # Logged once per failing callback (with its traceback), not once per item it failed on.
+    logged = [(r.name, r.levelname) for r in caplog.records if r.levelno >= logging.WARNING]
+    assert sorted(logged) == [("streaming_module.events", "ERROR"),
+                              ("streaming_module.progress", "ERROR"),
+                              ("streaming_module.tokens", "ERROR")]  # fmt: skip
     assert text == expected  # the healthy run beside them: exact
-    for frames in streams.values():
-        final = frames[-1]
-        assert final["type"] == "status"  # the faulty stream ended, with one final status
-        assert [f["sequence"] for f in frames] == sorted({f["sequence"] for f in frames})
-    for name in ("transformer", "calculator"):  # these fail their run, saying why
-        final = streams[name][-1]["payload"]
-        assert final["status"] == "failed" and "a user callback failed" in str(final["error"])
+    for name, frames in streams.items():
+        # Numbered 1, 2, 3, ... with no gap; one final status, the last frame: completed.
+        assert [f["sequence"] for f in frames] == list(range(1, len(frames) + 1)), name
+        statuses = [f["payload"]["status"] for f in frames if f["type"] == "status"]
+        assert statuses == ["started", "completed"], (name, statuses)
+        assert frames[-1]["type"] == "status"
+        # The node after the failing one streams exactly as if nothing had happened.
+        state = states[f"bad-{name}"]
+        summary = _node_frames(frames, "token", "summarise")
+        assert "".join(f["payload"]["content"] for f in summary) == state["inner"], name
+        assert len(state["inner"].split()) == SUMMARY_WORDS
+        assert [f["payload"]["progress"] for f in _node_frames(frames, "progress", "summarise")
+                ] == [0, 100], name  # fmt: skip
+        summary_events = [f["payload"]["eventType"]
+                          for f in _node_frames(frames, "event", "summarise")]  # fmt: skip
+        assert summary_events == ["node_start", "node_complete"], name
+        assert len(state["content"].split()) == 30  # the failing node's own work is done
+    # What each callback produced for the failing node is dropped, and only that.
+    processor, transformer, calculator = (streams[n] for n in CALLBACKS)
+    assert _node_frames(processor, "token", "write") == []
+    assert [f["payload"]["eventType"] for f in _node_frames(processor, "event", "write")
+            ] == ["node_start", "error", "node_complete"]  # fmt: skip
+    assert [f["payload"]["eventType"] for f in _node_frames(transformer, "event", "write")
+            ] == ["error"]  # fmt: skip
+    assert len(_node_frames(transformer, "token", "write")) == 0  # no @stream_token there
+    assert _node_frames(calculator, "progress", "write") == []
+    # (the node's 0 % comes before its node_start: there the calculator failed first)
+    assert [f["payload"]["eventType"] for f in _node_frames(calculator, "event", "write")
+            ] == ["error", "node_start", "node_complete"]  # fmt: skip
     await asyncio.sleep(0.1)
     assert len(asyncio.all_tasks()) <= tasks_before
     record(faults_raising_callbacks=3)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="workflow/*: a raising token processor only drops its tokens (a warning per token) "
-    "and the run completes; a raising transformer or calculator fails the run without an "
-    "`error` event. Issue 13 wants an error event on that stream; workflow/* is the workflow "
-    "engineer's (see the issue-13 phase B report).",
-)
 async def test_a_user_callback_that_raises_is_reported_by_an_error_event() -> None:
-    streams, _, _ = await _callback_runs()
+    streams, _, _, _ = await _callback_runs()
     for name, frames in streams.items():
-        events = [f["payload"].get("eventType") for f in frames if f["type"] == "event"]
-        assert "error" in events, (name, events)
+        (error,) = _error_events(frames)  # one, however many items the callback failed on
+        payload = error["payload"]
+        assert (payload["nodeId"], payload["priority"]) == ("write", "high"), name
+        assert payload["data"] == {
+            "code": "callback_failed",
+            "callback": name,
+            "node": "write",
+            "error": "a user callback failed",
+            "error_type": "RuntimeError",
+            "message": f"the {CALLBACK_NAMES[name]} of node 'write' failed (RuntimeError: a "
+            f"user callback failed); the {DROPPED[name]} it fails on are dropped",
+        }, name

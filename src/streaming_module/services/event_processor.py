@@ -8,7 +8,8 @@ the services' :class:`~streaming_module.services.hub.Hub`: a subscriber that rai
 (logger ``streaming_module.events``) and the others and the publisher carry on.
 
 Memory: one channel per execution stream that has subscribers (released when the last one
-leaves) and one sequence counter per execution that has events, freed by
+leaves) and one sequence counter per execution that has events (plus, for an execution whose
+transformer failed, the nodes it failed for), freed by
 :meth:`~EventStreamProcessorService.complete_execution` — called automatically by a final status
 (``completed``, ``failed``, ``cancelled``). Nothing is kept for replay here (that is the broker's
 job): an update reaches the subscribers present when it is published.
@@ -16,6 +17,20 @@ job): an update reaches the subscribers present when it is published.
 The processing helpers (``filter_events``, ``transform_events``, ``aggregate_by_execution``,
 ``process_batch``, ``group_events_by_type``) are thin adapters over the pure
 :mod:`streaming_module.core.events`.
+
+A transformer that fails
+    ``emit_event(..., transformer=...)`` (what a ``@stream_event(transformer=...)`` node
+    publishes through) and ``transform_events`` run a user's transformer on one event at a
+    time. When it raises, or returns something that is not an update (see
+    :func:`~streaming_module.core.events.merge_transformed`), that event is dropped and nothing
+    else: the call returns normally and every later event is offered to the transformer again.
+    The first failure for a node of an execution is reported by one ``error`` event, data
+    ``{"code": "callback_failed", "callback": "transformer", "node", "error", "error_type",
+    "message"}`` (see :mod:`streaming_module.services._base`), logged once with its traceback:
+    ``emit_event`` publishes it on the execution's stream (it does not go through the
+    transformer); ``transform_events`` puts it in the returned list in place of the event, with
+    that event's metadata (execution, node, timestamp, number) and priority ``high``, once per
+    node and execution in that list.
 
 Not thread-safe: publish from the event loop's thread (a node running in a worker thread should
 hand its events over with ``loop.call_soon_threadsafe``).
@@ -26,7 +41,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, overload
 
 import reactivex
 from reactivex import GroupedObservable, Observable, abc
@@ -43,10 +58,10 @@ from streaming_module.core.events import (
     coerce_event_types,
     default_priority,
     filter_updates,
-    transform_updates,
+    merge_transformed,
 )
 from streaming_module.errors import EventStreamingError
-from streaming_module.services._base import ServiceBase, split_metadata
+from streaming_module.services._base import CallbackErrorUpdate, ServiceBase, split_metadata
 from streaming_module.services._streams import (
     DEFAULT_MAX_QUEUE,
     ObservableAsyncIterator,
@@ -60,6 +75,7 @@ from streaming_module.types import (
     RunStatus,
     StatusData,
     StreamEventType,
+    StreamMetadata,
     StreamUpdate,
 )
 
@@ -68,6 +84,9 @@ logger = logging.getLogger("streaming_module.events")
 _RUN_STATUSES = ("started", "completed", "failed", "cancelled")
 
 Update = StreamUpdate[Any]
+Transformer = Callable[[Update], Any]
+"""A user's event transformer: an update in; a :class:`StreamUpdate`, a dict in the manual's
+spread style (``{**event, "enriched": True}``) or ``None`` (drop the event) out."""
 
 
 class EventStreamProcessorService(ServiceBase[Any]):
@@ -84,6 +103,7 @@ class EventStreamProcessorService(ServiceBase[Any]):
 
     # ------------------------------------------------------------------ publishing
 
+    @overload
     def emit_event(
         self,
         execution_id: str,
@@ -93,7 +113,33 @@ class EventStreamProcessorService(ServiceBase[Any]):
         node_id: str | None = None,
         priority: EventPriority | None = None,
         metadata: Mapping[str, Any] | None = None,
-    ) -> Update:
+        transformer: None = None,
+    ) -> Update: ...
+
+    @overload
+    def emit_event(
+        self,
+        execution_id: str,
+        event_type: StreamEventType | str,
+        data: Any = None,
+        *,
+        node_id: str | None = None,
+        priority: EventPriority | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        transformer: Transformer | None,
+    ) -> Update | None: ...
+
+    def emit_event(
+        self,
+        execution_id: str,
+        event_type: StreamEventType | str,
+        data: Any = None,
+        *,
+        node_id: str | None = None,
+        priority: EventPriority | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        transformer: Transformer | None = None,
+    ) -> Update | None:
         """Publish one event of ``execution_id`` and return it.
 
         The update gets ``StreamMetadata(timestamp=clock.now(), sequence_number=<next of this
@@ -103,6 +149,16 @@ class EventStreamProcessorService(ServiceBase[Any]):
         ``timestamp``, ``sequence_number`` and ``execution_id`` are the service's and are
         ignored. ``priority`` (else ``metadata['priority']``, else ``high`` for ``error``,
         ``low`` for ``debug``, ``medium`` otherwise) is stored as the extra ``priority``.
+
+        With a ``transformer`` the event is first built (timestamped now, ``sequence_number``
+        0: it has no number yet, and gets one only if published) and handed to it. It may
+        return a :class:`StreamUpdate`, a dict in the manual's spread style, merged over the
+        event (see :meth:`transform_events`), or ``None`` to drop the event (then nothing is
+        published and ``None`` is returned). What it returns sets the published event's type,
+        data, ``agent_type`` and extras (``priority`` included, else the default for the new
+        type); the execution, node, timestamp and number stay the service's. A transformer that
+        fails drops the event, returns ``None``, and reports itself by one ``error`` event (see
+        "A transformer that fails" in the module docstring).
 
         Raises :class:`EventStreamingError` for an empty ``execution_id`` (code
         ``invalid_id``), an unknown type or priority, or a closed service (code
@@ -118,7 +174,27 @@ class EventStreamProcessorService(ServiceBase[Any]):
             extras["priority"] = check_priority(priority)
         elif "priority" in extras:
             extras["priority"] = check_priority(extras["priority"])
-        else:
+        if transformer is not None:
+            candidate = StreamUpdate(
+                kind,
+                data,
+                StreamMetadata(self.clock.now(), 0, execution_id, node_id, agent_type, **extras),
+            )
+            try:
+                transformed = self._transform(candidate, transformer)
+                if transformed is None:
+                    return None
+                kind = coerce_event_type(transformed.type)
+                data = transformed.data
+                if transformed.metadata is not None:
+                    extras = dict(transformed.metadata.extra)
+                    agent_type = transformed.metadata.agent_type
+                    if "priority" in extras:
+                        extras["priority"] = check_priority(extras["priority"])
+            except Exception as exc:  # the user's transformer: this event is dropped
+                self._callback_failed("transformer", execution_id, node_id, exc)
+                return None
+        if "priority" not in extras:
             extras["priority"] = default_priority(kind)
         return self._publish_new(kind, data, execution_id, node_id, agent_type, extras)
 
@@ -381,26 +457,47 @@ class EventStreamProcessorService(ServiceBase[Any]):
     def transform_events(
         self,
         events: Iterable[Update],
-        transformer: Callable[[Update], Any],
-    ) -> list[Update]:
-        """``transformer`` applied to each event. It may return a :class:`StreamUpdate`, or a
-        dict in the manual's spread style (``lambda e: {**e, "enriched": True}``) that is merged
-        into a new update: ``type``/``data``/``metadata`` replace those fields, metadata field
-        names set them, and every other key becomes a metadata extra (``e.metadata.enriched``).
-        The input events are never modified. See
-        :func:`streaming_module.core.events.merge_transformed`."""
+        transformer: Transformer,
+    ) -> list[Update | CallbackErrorUpdate]:
+        """``transformer`` applied to each event, in order. It may return a
+        :class:`StreamUpdate`, a dict in the manual's spread style
+        (``lambda e: {**e, "enriched": True}``) that is merged into a new update
+        (``type``/``data``/``metadata`` replace those fields, metadata field names set them, and
+        every other key becomes a metadata extra: ``e.metadata.enriched``), or ``None`` to
+        leave the event out. The input events are never modified. See
+        :func:`streaming_module.core.events.merge_transformed`.
+
+        An event the transformer fails on is left out; the first such event of each node and
+        execution is replaced by an ``error`` update saying so (see "A transformer that fails"
+        in the module docstring), so the list reports it the way a live stream does."""
         if not callable(transformer):
             raise EventStreamingError(
                 f"transformer must be callable, got {type(transformer).__name__}",
                 code="invalid_argument",
             )
-        return transform_updates(events, transformer)
+        out: list[Update | CallbackErrorUpdate] = []
+        failed: dict[str, set[tuple[str | None, str]]] = {}
+        for event in events:
+            try:
+                transformed = self._transform(event, transformer)
+            except Exception as exc:  # the user's transformer: this event is left out
+                meta = event.metadata
+                execution_id = meta.execution_id if meta is not None else None
+                node_id = meta.node_id if meta is not None else None
+                error = self._first_failure(failed, "transformer", execution_id, node_id, exc)
+                if error is not None:
+                    out.append(StreamUpdate(StreamEventType.ERROR, error, _error_metadata(meta)))
+                continue
+            if transformed is not None:
+                out.append(transformed)
+        return out
 
     # ------------------------------------------------------------------ lifecycle
 
     def complete_execution(self, execution_id: str) -> None:
         """Complete the execution's streams and free its channel and counter. Idempotent. A
         later event of the same id starts afresh (sequence numbers from 1)."""
+        self._forget_callback_failures(execution_id)
         self._hub.complete_execution(execution_id)
 
     @property
@@ -415,9 +512,20 @@ class EventStreamProcessorService(ServiceBase[Any]):
         if self._closed:
             return
         self._closed = True
+        self._forget_callback_failures()
         self._hub.close()
 
     # ------------------------------------------------------------------ internals
+
+    @staticmethod
+    def _transform(event: Update, transformer: Transformer) -> Update | None:
+        """What ``transformer`` makes of ``event`` (``None``: leave it out); raises what the
+        transformer raises, and :class:`EventStreamingError` for a result that is not an
+        update."""
+        result = transformer(event)
+        if result is None:
+            return None
+        return merge_transformed(event, result)
 
     @staticmethod
     def _as_observable(events: Iterable[Update] | Observable[Update]) -> Observable[Update]:
@@ -432,4 +540,18 @@ class EventStreamProcessorService(ServiceBase[Any]):
         return reactivex.from_iterable(events)
 
 
-__all__ = ["EventStreamProcessorService"]
+def _error_metadata(metadata: StreamMetadata | None) -> StreamMetadata | None:
+    """Where an event stood, for the ``error`` update that takes its place."""
+    if metadata is None:
+        return None
+    return StreamMetadata(
+        metadata.timestamp,
+        metadata.sequence_number,
+        metadata.execution_id,
+        metadata.node_id,
+        metadata.agent_type,
+        priority="high",
+    )
+
+
+__all__ = ["EventStreamProcessorService", "Transformer"]

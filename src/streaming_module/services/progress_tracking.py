@@ -10,6 +10,18 @@ adds time (the injected clock), sequence numbers (per execution, from 1: see
 through the services' :class:`~streaming_module.services.hub.Hub` (a subscriber that raises is
 logged on ``streaming_module.progress`` and the others still get the update).
 
+A ``calculator`` that raises, or returns something other than a finite number, costs only the
+report it failed on: ``update`` returns ``None`` (as for a report held back), ``start`` and
+``complete`` return ``None`` instead of the data, nothing is recorded, the tracker stays open
+and later updates are offered to the calculator again. The first failure of a node's calculator
+in an execution publishes one update of type ``ERROR`` on the progress stream, data
+``{"code": "callback_failed", "callback": "calculator", "node", "error", "error_type",
+"message"}`` (see :mod:`streaming_module.services._base`; ``error_type`` is the calculator's
+exception, not ``ProgressTrackingError``), and logs its traceback once; later failures there
+publish nothing more. A tracker with ``enabled=False`` publishes nothing, that included.
+Subscribers of a progress stream therefore check ``update.type``
+(:data:`ProgressStreamUpdate`).
+
 Memory: a tracker is a few floats plus its last report; one channel per stream that has
 subscribers (released when the last one leaves). A tracker is released by ``close_tracker``; an
 execution's trackers, streams and counter by ``close_execution``.
@@ -28,7 +40,7 @@ from streaming_module.config import StreamingModuleOptions, StreamProgressOption
 from streaming_module.core.clock import Clock
 from streaming_module.core.progress import ProgressComputer
 from streaming_module.errors import ProgressTrackingError
-from streaming_module.services._base import ServiceBase, split_metadata
+from streaming_module.services._base import CallbackErrorUpdate, ServiceBase, split_metadata
 from streaming_module.services._streams import (
     DEFAULT_MAX_QUEUE,
     ObservableAsyncIterator,
@@ -41,6 +53,13 @@ logger = logging.getLogger("streaming_module.progress")
 
 TrackerKey = tuple[str, str | None]
 ProgressUpdate = StreamUpdate[ProgressData]
+"""A progress report: type ``PROGRESS``, data :class:`ProgressData`."""
+
+ProgressStreamUpdate = ProgressUpdate | CallbackErrorUpdate
+"""What a progress stream carries: progress reports, and one ``error`` update for a tracker
+whose calculator failed (check ``update.type``)."""
+
+_CALCULATOR_FAILED = "calculator_failed"  # the code core.progress gives a calculator's failure
 
 
 def _describe(key: TrackerKey) -> str:
@@ -64,6 +83,7 @@ class ProgressTracker:
         clock: Clock,
         publish: Callable[[ProgressTracker, ProgressData, Mapping[str, Any] | None], None],
         on_close: Callable[[ProgressTracker], None],
+        on_calculator_error: Callable[[ProgressTracker, BaseException], None],
     ) -> None:
         self.execution_id = execution_id
         self.node_id = node_id
@@ -71,6 +91,7 @@ class ProgressTracker:
         self._clock = clock
         self._publish = publish
         self._on_close = on_close
+        self._on_calculator_error = on_calculator_error
         self._core = ProgressComputer(options, clock.monotonic())
         self.closed = False
 
@@ -94,8 +115,9 @@ class ProgressTracker:
         metadata: Mapping[str, Any] | None = None,
     ) -> ProgressData | None:
         """Record progress; report it if the rules allow (first, last, milestone, then
-        ``interval`` and ``granularity``). Returns the reported data, or ``None`` when held back
-        (or when the tracker is ``enabled=False``: it then reports nothing).
+        ``interval`` and ``granularity``). Returns the reported data, or ``None`` when held back,
+        when the ``calculator`` failed (see the module docstring), or when the tracker is
+        ``enabled=False`` (it then reports nothing).
 
         ``metadata`` goes to the ``calculator`` and into the update's metadata extras (its
         ``agent_type`` sets that field; the other
@@ -113,21 +135,19 @@ class ProgressTracker:
         """:meth:`update_nowait` for ``await self.progress.update(...)`` (it never waits)."""
         return self._observe(current, total, metadata, force=False)
 
-    async def start(self, total: float = 100) -> ProgressData:
-        """Start (or restart) timing now and report 0 %. Rate, ETA and milestones start afresh."""
+    async def start(self, total: float = 100) -> ProgressData | None:
+        """Start (or restart) timing now and report 0 %. Rate, ETA and milestones start afresh.
+        Returns the data reported (``None`` only when the ``calculator`` failed)."""
         self._check_open()
         self._core.restart(self._clock.monotonic())
-        data = self._observe(0, total, None, force=True)
-        assert data is not None  # forced observations always produce data
-        return data
+        return self._observe(0, total, None, force=True)
 
-    async def complete(self, metadata: Mapping[str, Any] | None = None) -> ProgressData:
+    async def complete(self, metadata: Mapping[str, Any] | None = None) -> ProgressData | None:
         """Report 100 % (``current = total``, ``eta`` 0 with ``include_eta``), always, whatever
-        the interval. The total is the last update's (100 if there was none)."""
+        the interval. The total is the last update's (100 if there was none). Returns the data
+        reported (``None`` only when the ``calculator`` failed)."""
         total = self._core.last.total if self._core.last is not None else 100.0
-        data = self._observe(total, total, metadata, force=True)
-        assert data is not None  # forced observations always produce data
-        return data
+        return self._observe(total, total, metadata, force=True)
 
     def close(self) -> None:
         """Stop this tracker and complete its node stream (see ``close_tracker``). Idempotent."""
@@ -163,6 +183,11 @@ class ProgressTracker:
                 current, total, self._clock.monotonic(), metadata, force=force
             )
         except ProgressTrackingError as exc:
+            if exc.code == _CALCULATOR_FAILED:
+                # The user's calculator, not the caller's figures: this report is dropped.
+                if self.options.enabled:
+                    self._on_calculator_error(self, exc.__cause__ or exc)
+                return None
             exc.context.setdefault("execution_id", self.execution_id)
             exc.context.setdefault("node_id", self.node_id)
             raise
@@ -214,7 +239,13 @@ class ProgressTrackingService(ServiceBase[ProgressData]):
             return tracker
         parsed = parse_options(StreamProgressOptions, options, what="progress options")
         tracker = ProgressTracker(
-            execution_id, node_id, parsed, self.clock, self._publish, self._close_tracker
+            execution_id,
+            node_id,
+            parsed,
+            self.clock,
+            self._publish,
+            self._close_tracker,
+            self._calculator_failed,
         )
         self._trackers[key] = tracker
         return tracker
@@ -260,6 +291,7 @@ class ProgressTrackingService(ServiceBase[ProgressData]):
         Idempotent."""
         for key in [k for k in self._trackers if k[0] == execution_id]:
             self._close_tracker(self._trackers[key])
+        self._forget_callback_failures(execution_id)
         self._hub.complete_execution(execution_id)
 
     async def aclose(self) -> None:
@@ -270,13 +302,14 @@ class ProgressTrackingService(ServiceBase[ProgressData]):
         self._closed = True
         for tracker in list(self._trackers.values()):
             self._close_tracker(tracker)
+        self._forget_callback_failures()
         self._hub.close()
 
     # ------------------------------------------------------------------ streams
 
     def get_progress_stream(
         self, execution_id: str | None = None, node_id: str | None = None
-    ) -> Observable[ProgressUpdate]:
+    ) -> Observable[ProgressStreamUpdate]:
         """Live progress updates:
 
         - no arguments: every tracker's (completes on ``aclose``);
@@ -294,7 +327,7 @@ class ProgressTrackingService(ServiceBase[ProgressData]):
                 return self._hub.stream()
             self._check_id(node_id, "node_id")
 
-            def same_node(update: ProgressUpdate) -> bool:
+            def same_node(update: ProgressStreamUpdate) -> bool:
                 return update.node_id == node_id
 
             return self._hub.stream().pipe(ops.filter(same_node))
@@ -308,7 +341,7 @@ class ProgressTrackingService(ServiceBase[ProgressData]):
         *,
         max_queue: int = DEFAULT_MAX_QUEUE,
         overflow: OverflowPolicy = "error",
-    ) -> ObservableAsyncIterator[ProgressUpdate]:
+    ) -> ObservableAsyncIterator[ProgressStreamUpdate]:
         """:meth:`get_progress_stream` as an async iterator (``async for``), ending when the
         stream completes. Subscribes at once; holds at most ``max_queue`` updates for a slow
         consumer; beyond that ``overflow='error'`` unsubscribes and raises
@@ -335,6 +368,9 @@ class ProgressTrackingService(ServiceBase[ProgressData]):
         if tracker.node_id is not None:
             self._hub.complete_node(tracker.execution_id, tracker.node_id)
 
+    def _calculator_failed(self, tracker: ProgressTracker, error: BaseException) -> None:
+        self._callback_failed("calculator", tracker.execution_id, tracker.node_id, error)
+
     def _publish(
         self,
         tracker: ProgressTracker,
@@ -352,4 +388,4 @@ class ProgressTrackingService(ServiceBase[ProgressData]):
         )
 
 
-__all__ = ["ProgressTracker", "ProgressTrackingService"]
+__all__ = ["ProgressStreamUpdate", "ProgressTracker", "ProgressTrackingService", "ProgressUpdate"]

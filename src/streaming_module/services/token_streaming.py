@@ -59,6 +59,19 @@ Lifecycles
     index and sequence numbers carry on. After close, initialising the same ids starts a new
     stream (counters and token index from 0; sequence numbers go on as described above).
 
+When the processor fails
+    A ``processor`` that raises, or returns something other than a ``str``, costs only the token
+    it failed on: ``stream_token`` drops that token (``tokens_dropped`` counts it) and returns
+    normally, the stream stays open, and every later token is offered to the processor again.
+    The first failure of a node's processor in an execution also flushes what the stream had
+    buffered, then publishes one update of type ``ERROR`` on the stream (node, execution and
+    global levels), data ``{"code": "callback_failed", "callback": "processor", "node",
+    "error", "error_type", "message"}`` (see :mod:`streaming_module.services._base`), and logs
+    the traceback once on ``streaming_module.tokens``. So the tokens before the ``error`` update
+    are exactly the text up to the failure; after it the node's text may have holes. Later
+    failures in the same execution publish nothing more (a debug log line each). Subscribers
+    of a token stream therefore check ``update.type`` (:data:`TokenStreamUpdate`).
+
 Threading: call the service from its event loop's thread (it is not thread-safe; from another
 thread use ``loop.call_soon_threadsafe``).
 """
@@ -84,7 +97,7 @@ from streaming_module.core.clock import Clock, TimerHandle
 from streaming_module.core.rate import RateMeter
 from streaming_module.core.token_buffer import TokenBuffer, TokenCounters
 from streaming_module.errors import StreamingError, TokenStreamingError
-from streaming_module.services._base import ServiceBase
+from streaming_module.services._base import CallbackErrorUpdate, ServiceBase
 from streaming_module.services._streams import ObservableAsyncIterator, observable_to_async_iter
 from streaming_module.services.hub import Channel
 from streaming_module.types import StreamEventType, StreamMetadata, StreamUpdate, TokenData
@@ -92,6 +105,11 @@ from streaming_module.types import StreamEventType, StreamMetadata, StreamUpdate
 logger = logging.getLogger("streaming_module.tokens")
 
 TokenUpdate = StreamUpdate[TokenData]
+"""A token update: type ``TOKEN``, data :class:`TokenData`."""
+
+TokenStreamUpdate = TokenUpdate | CallbackErrorUpdate
+"""What a token stream carries: token updates, and one ``error`` update for a node whose
+processor failed (check ``update.type``)."""
 
 RATE_WINDOW_SECONDS = 1.0
 """``tokens_per_second`` counts tokens emitted over this many most recent seconds."""
@@ -319,9 +337,14 @@ class TokenStreamingService(ServiceBase[TokenData]):
         or ``format='structured'``, into the updates (it is copied then; otherwise it is not
         kept). Cost: about 0.3 µs per token plus the flush (one update per batch), amortised.
 
+        A processor that raises (or returns something other than a ``str``) does not raise
+        here: the token is dropped (counted in ``tokens_dropped``) and, the first time in the
+        execution, what was buffered is flushed and one ``error`` update is published on the
+        stream (see "When the processor fails" in the module docstring).
+
         Raises :class:`TokenStreamingError` when the stream is not open (never initialised, or
-        closed), the token is not a ``str`` or longer than ``options.max_token_length``, the
-        metadata is not a mapping, or the stream's processor fails.
+        closed), the token is not a ``str`` or longer than ``options.max_token_length``, or the
+        metadata is not a mapping.
         """
         try:
             stream = self._streams.get((execution_id, node_id))
@@ -339,12 +362,9 @@ class TokenStreamingService(ServiceBase[TokenData]):
                 raise self._bad_metadata(stream, metadata)
         try:
             buffered = stream.buffer.offer(token, meta)
-        except Exception as exc:
-            raise TokenStreamingError(
-                f"the token processor of {stream.stream_key} failed: {exc!r}",
-                code="processor_failed",
-                context={"stream_key": stream.stream_key},
-            ) from exc
+        except Exception as exc:  # the user's processor: that token is dropped, nothing else
+            self._processor_failed(stream, exc)
+            return
         if buffered >= stream.buffer_size:
             self._flush(stream)
         elif buffered == 1 and stream.interval > 0:
@@ -395,6 +415,7 @@ class TokenStreamingService(ServiceBase[TokenData]):
             self._flush(stream)
             self._remove(stream)
         self._idle_executions.pop(execution_id, None)
+        self._forget_callback_failures(execution_id)
         self._hub.complete_execution(execution_id)
         if streams:
             self._emit_stats()
@@ -444,6 +465,7 @@ class TokenStreamingService(ServiceBase[TokenData]):
             self._flush(stream)
             self._remove(stream)
         self._idle_executions.clear()
+        self._forget_callback_failures()
         self._hub.close(then=self._close_stats)
         self._closed = True
         if self._sweep_timer is not None:
@@ -503,7 +525,7 @@ class TokenStreamingService(ServiceBase[TokenData]):
 
     def get_token_stream(
         self, execution_id: str, node_id: str | None = None
-    ) -> Observable[TokenUpdate]:
+    ) -> Observable[TokenStreamUpdate]:
         """The updates of one node's stream, or of every node of an execution when ``node_id``
         is ``None``. May be subscribed to before the stream is initialised. Completes when the
         stream closes (node level) or when ``close_execution_token_streams`` runs (both
@@ -520,7 +542,7 @@ class TokenStreamingService(ServiceBase[TokenData]):
         node_id: str | None = None,
         *,
         max_queue: int = 10_000,
-    ) -> ObservableAsyncIterator[TokenUpdate]:
+    ) -> ObservableAsyncIterator[TokenStreamUpdate]:
         """``async for`` twin of :meth:`get_token_stream`; subscribes immediately. A consumer
         more than ``max_queue`` updates behind gets :class:`StreamOverflowError` after the
         updates queued before the overflow (see :mod:`streaming_module.services._streams`)."""
@@ -532,14 +554,14 @@ class TokenStreamingService(ServiceBase[TokenData]):
             name=f"the token stream {name}",
         )
 
-    def get_global_token_stream(self) -> Observable[TokenUpdate]:
+    def get_global_token_stream(self) -> Observable[TokenStreamUpdate]:
         """Every token update of every stream; completes on :meth:`aclose`."""
         self._check_open("get_global_token_stream")
         return self._hub.stream()
 
     def iter_global_token_stream(
         self, *, max_queue: int = 10_000
-    ) -> ObservableAsyncIterator[TokenUpdate]:
+    ) -> ObservableAsyncIterator[TokenStreamUpdate]:
         """``async for`` twin of :meth:`get_global_token_stream` (overflow policy ``error``)."""
         return observable_to_async_iter(
             self.get_global_token_stream(),
@@ -606,6 +628,17 @@ class TokenStreamingService(ServiceBase[TokenData]):
         hub.deliver()
         self._emit_stats()
 
+    def _processor_failed(self, stream: _Stream, error: Exception) -> None:
+        stream.buffer.tokens_dropped += 1  # offered, then neither buffered nor emitted
+        self._callback_failed(
+            "processor",
+            stream.execution_id,
+            stream.node_id,
+            error,
+            before=partial(self._flush, stream),
+        )
+        self._emit_stats()
+
     def _close_stats(self) -> None:
         stats = self._stats_channel
         if stats.observers:
@@ -650,6 +683,7 @@ class TokenStreamingService(ServiceBase[TokenData]):
                 return
             del idle[execution_id]
             self._hub.release_sequence(execution_id)
+            self._forget_callback_failures(execution_id)
 
     def _schedule_sweep(self) -> None:
         self._sweep_timer = self.clock.call_later(self._idle_timeout / 2, self._on_sweep)
@@ -725,5 +759,7 @@ __all__ = [
     "RATE_WINDOW_SECONDS",
     "TokenStatistics",
     "TokenStreamInfo",
+    "TokenStreamUpdate",
     "TokenStreamingService",
+    "TokenUpdate",
 ]

@@ -265,8 +265,9 @@ class TokenCapture(BaseCallbackHandler):
             self._dropped(exc)
 
     def _dropped(self, exc: StreamingError) -> None:
-        # The stream refused the token (closed after a failure, too long, a failing processor):
-        # the model goes on, the token is lost, and the log says so.
+        # The stream refused the token (closed after the node failed, or too long): the model
+        # goes on, the token is lost, and the log says so. (A failing processor is not this:
+        # the stream drops that token itself and reports it once, by an `error` event.)
         logger.warning("token of %s:%s dropped: %s", self._execution_id, self._node_id, exc)
 
     def _tool_chunk(self, text: str, meta: dict[str, Any]) -> None:

@@ -23,6 +23,13 @@ subgraph (its scope says so, see :class:`~streaming_module.workflow.signals.Node
 Lifecycle: ``status: started`` first; at the end every token stream of the run is flushed and
 closed and every tracker closed, *then* exactly one final status (``completed``, ``failed`` with
 the error, or ``cancelled``) — so it is the run's last update.
+
+A user callback of a node's streams that fails — its ``@stream_token`` processor, its
+``@stream_event`` transformer, its ``@stream_progress`` calculator — is not the node's failure:
+the service running it drops what it failed on and publishes one ``error`` event (code
+``callback_failed``) for the node on that stream, and the node and the run go on (see
+:mod:`streaming_module.services._base`). Nothing here handles it: the same code path serves a
+workflow and a direct user of the services.
 """
 
 from __future__ import annotations
@@ -38,9 +45,14 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.runnables import RunnableConfig
 
 from streaming_module.config import StreamProgressOptions
-from streaming_module.core.events import merge_transformed
 from streaming_module.errors import WorkflowError
-from streaming_module.types import ProgressData, StreamEventType, StreamMetadata, StreamUpdate
+from streaming_module.types import (
+    RESERVED_METADATA_KEYS,
+    ProgressData,
+    StreamEventType,
+    StreamMetadata,
+    StreamUpdate,
+)
 from streaming_module.workflow.capture import TokenCapture, ToolCapture
 from streaming_module.workflow.compile import (
     RUN_KEY,
@@ -388,29 +400,32 @@ class WorkflowRun:
         extras: dict[str, Any] = {"delivery": plan.delivery, "workflow": self.compiled.name}
         if metadata:
             extras.update(metadata)
-        agent_type: str | None = None
-        if plan.filter is not None or plan.transformer is not None:
+        if plan.filter is not None:
+            fields = {k: v for k, v in extras.items() if k not in RESERVED_METADATA_KEYS}
             candidate: StreamUpdate[Any] = StreamUpdate(
                 kind,
                 data,
                 StreamMetadata(
-                    self.events.clock.now(), 0, self.execution_id, node_id, None, **extras
+                    self.events.clock.now(),
+                    0,
+                    self.execution_id,
+                    node_id,
+                    extras.get("agent_type"),
+                    **fields,
                 ),
             )
-            if plan.filter is not None and not plan.filter.matches(candidate):
+            if not plan.filter.matches(candidate):
                 return
-            if plan.transformer is not None:
-                result = plan.transformer(candidate)
-                if result is None:
-                    return
-                candidate = merge_transformed(candidate, result)
-                kind, data = candidate.type, candidate.data
-                if candidate.metadata is not None:
-                    extras = dict(candidate.metadata.extra)
-                    agent_type = candidate.metadata.agent_type
-        if agent_type is not None:
-            extras["agent_type"] = agent_type
-        self.events.emit_event(self.execution_id, kind, data, node_id=node_id, metadata=extras)
+        # The service runs the transformer: one that fails drops this event and reports itself
+        # by an `error` event for the node, once per run; the node and the run go on.
+        self.events.emit_event(
+            self.execution_id,
+            kind,
+            data,
+            node_id=node_id,
+            metadata=extras,
+            transformer=plan.transformer,
+        )
 
     # ------------------------------------------------------------------ the end
 
