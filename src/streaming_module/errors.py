@@ -42,6 +42,11 @@ class StreamingError(Exception):
 SERVICE_CLOSED = "service_closed"
 """``code`` of the error a service raises when it is used after ``aclose()``."""
 
+CALLBACK_FAILED = "callback_failed"
+"""``data["code"]`` of the ``error`` event a stream publishes when a user callback of it (a token
+``processor``, an event ``transformer``, a progress ``calculator``) raised: that item is dropped,
+the node and the run go on."""
+
 INVALID_ID = "invalid_id"
 """``code`` of the error a service raises for an execution or node id that is not a non-blank
 string (``context`` names the argument)."""
@@ -191,6 +196,7 @@ def describe_validation_error(
 
 
 __all__ = [
+    "CALLBACK_FAILED",
     "INVALID_ID",
     "SERVICE_CLOSED",
     "AuthenticationError",

@@ -167,3 +167,26 @@ def test_the_prompt_is_the_last_user_messages_text() -> None:
         }
     )
     assert agui.prompt_of(run_input) == "second"
+
+
+def test_a_failed_user_callback_does_not_reopen_the_nodes_message() -> None:
+    failed = {"code": "callback_failed", "callback": "processor", "node": "write"}
+    items: list[tuple[str, Any]] = [
+        ("status", {"status": "started"}),
+        ("token", {"content": "Hello", "nodeId": "write"}),
+        ("event", {"eventType": "error", "data": failed, "nodeId": "write"}),
+        ("token", {"content": " world", "nodeId": "write"}),
+        ("event", {"eventType": "node_complete", "data": {}, "nodeId": "write"}),
+        ("status", {"status": "completed"}),
+    ]
+    frames = [
+        Frame("run-1", i + 1, t, "2026-01-01T00:00:00+00:00", p) for i, (t, p) in enumerate(items)
+    ]
+    events = [e for _, e in parse(agui.encode_all(frames, "run-1", "thread-1"))]
+    types = [e["type"] for e in events]
+    assert types.count("TEXT_MESSAGE_START") == 1 and types.count("TEXT_MESSAGE_END") == 1
+    text = "".join(e["delta"] for e in events if e["type"] == "TEXT_MESSAGE_CONTENT")
+    assert text == "Hello world"
+    assert types.index("TEXT_MESSAGE_END") > max(
+        i for i, t in enumerate(types) if t == "TEXT_MESSAGE_CONTENT"
+    )

@@ -106,3 +106,22 @@ def test_the_prompt_is_the_last_user_messages_text_parts() -> None:
     assert aisdk.prompt_of(messages) == "new one"
     assert aisdk.prompt_of([{"role": "user", "content": "plain"}]) == "plain"
     assert aisdk.prompt_of("nope") == ""
+
+
+def test_a_failed_user_callback_does_not_end_the_nodes_text_part() -> None:
+    failed = {"code": "callback_failed", "callback": "processor", "node": "a"}
+    items: list[tuple[str, Any]] = [
+        ("status", {"status": "started"}),
+        ("token", {"content": "Hi", "nodeId": "a"}),
+        ("event", {"eventType": "error", "data": failed, "nodeId": "a"}),
+        ("token", {"content": " there", "nodeId": "a"}),
+        ("event", {"eventType": "node_complete", "data": {}, "nodeId": "a"}),
+        ("status", {"status": "completed"}),
+    ]
+    got = parts(
+        aisdk.encode_all([Frame("ex-9", i + 1, t, TS, p) for i, (t, p) in enumerate(items)], "ex-9")
+    )
+    kinds = [p["type"] for p in got if isinstance(p, dict)]
+    assert kinds.count("text-start") == 1 and kinds.count("text-end") == 1
+    deltas = "".join(p["delta"] for p in got if isinstance(p, dict) and p["type"] == "text-delta")
+    assert deltas == "Hi there"

@@ -72,12 +72,11 @@ from ag_ui.core import RunAgentInput as RunAgentInput
 from ag_ui.core.version import PROTOCOL_VERSION
 from ag_ui.encoder import EventEncoder
 
-from streaming_module.protocol.sse import FrameLike, ResumeError, is_final_status
+from streaming_module.protocol.sse import FrameLike, ResumeError, ends_node_text, is_final_status
 
 RUN_NODE = "run"
 """The message key of tokens that name no node."""
 
-_CLOSING_EVENTS = frozenset({"node_complete", "error", "updates"})
 _PLACEHOLDER = "\x00delta\x00"
 _ENCODER = EventEncoder()
 
@@ -243,7 +242,7 @@ class AguiEncoder:
         event_type = payload.get("eventType")
         raw = payload.get("data")
         data: dict[str, Any] = raw if isinstance(raw, dict) else {}
-        closes = event_type in _CLOSING_EVENTS
+        closes = ends_node_text(payload)
         if event_type == "tool_start":
             key = str(data.get("run_id") or f"node:{data.get('tool') or node}")
             tool_call_id = f"{self.run_id}:tool:{frame.sequence}"

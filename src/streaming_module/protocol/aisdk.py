@@ -37,12 +37,11 @@ from typing import Any
 import orjson
 
 from streaming_module.protocol.sse import HEADERS as SSE_HEADERS
-from streaming_module.protocol.sse import FrameLike, is_final_status
+from streaming_module.protocol.sse import FrameLike, ends_node_text, is_final_status
 
 HEADERS: dict[str, str] = {**SSE_HEADERS, "x-vercel-ai-ui-message-stream": "v1"}
 DONE = b"data: [DONE]\n\n"
 RUN_NODE = "run"
-_CLOSING_EVENTS = frozenset({"node_complete", "error", "updates"})
 
 
 def part(value: dict[str, Any]) -> bytes:
@@ -115,7 +114,7 @@ class UIMessageStreamEncoder:
             content = payload.get("content") or ""
             out.append({"type": "text-delta", "id": self._text[key][0], "delta": content})
         elif kind == "event":
-            if payload.get("eventType") in _CLOSING_EVENTS and node:
+            if ends_node_text(payload) and node:
                 self._end_text(node, out)
             out.append({"type": "data-event", "data": payload})
         elif kind == "progress":

@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+from streaming_module.errors import CALLBACK_FAILED
 from streaming_module.types import FINAL_STATUSES
 
 CONTENT_TYPE = "text/event-stream"
@@ -115,6 +116,19 @@ def is_final_status(frame: FrameLike) -> bool:
     return isinstance(payload, dict) and payload.get("status") in FINAL_STATUSES
 
 
+_NODE_ENDING_EVENTS = frozenset({"node_complete", "error", "updates"})
+
+
+def ends_node_text(payload: Any) -> bool:
+    """Whether an ``event`` frame's payload closes its node's text (an AG-UI message, an AI SDK
+    text part): the node completed, failed or returned its update. An ``error`` event that only
+    says a user callback failed (``callback_failed``: the node goes on streaming) does not."""
+    if not isinstance(payload, dict) or payload.get("eventType") not in _NODE_ENDING_EVENTS:
+        return False
+    data = payload.get("data")
+    return not (isinstance(data, dict) and data.get("code") == CALLBACK_FAILED)
+
+
 def parse_sequence(value: str | None, *, what: str = "Last-Event-ID") -> int | None:
     """A native resume point: ``None`` for none, else a sequence ``>= 0``. Raises
     :class:`ResumeError` for anything else."""
@@ -167,6 +181,7 @@ __all__ = [
     "comment",
     "encode_frame",
     "encode_frames",
+    "ends_node_text",
     "event",
     "is_final_status",
     "parse_sequence",

@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 from streaming_module.config import StreamingModuleOptions, parse_options
 from streaming_module.core.clock import Clock, SystemClock
-from streaming_module.errors import INVALID_ID, SERVICE_CLOSED, StreamingError
+from streaming_module.errors import CALLBACK_FAILED, INVALID_ID, SERVICE_CLOSED, StreamingError
 from streaming_module.services.hub import Hub
 from streaming_module.types import (
     RESERVED_METADATA_KEYS,
@@ -33,8 +33,6 @@ from streaming_module.types import (
 D = TypeVar("D")
 X = TypeVar("X")
 
-CALLBACK_FAILED = "callback_failed"
-"""``data["code"]`` of the ``error`` update a stream publishes when a user callback of it fails."""
 
 CallbackKind = Literal["processor", "transformer", "calculator"]
 """The user callbacks a stream runs: a token stream's ``processor``, an event ``transformer``, a
