@@ -44,7 +44,10 @@ Sequence numbers
     the execution has an open stream and after its last one closed, until
     ``close_execution_token_streams`` (or ``aclose``); an execution left without an open stream
     for ``stream_idle_timeout_ms`` is forgotten too (checked when a stream opens and by the idle
-    sweep; with a timeout of 0 the numbering is kept until ``close_execution_token_streams``).
+    sweep; with a timeout of 0 the numbering is kept until ``close_execution_token_streams``),
+    and so is the oldest of more than :data:`MAX_IDLE_EXECUTIONS` executions without an open
+    stream (~250 bytes each), so memory stays bounded however fast executions come and go; an
+    execution whose numbering was forgotten starts again from 1.
 
 Lifecycles
     ``get_token_stream`` may be called, and subscribed to, before the stream is initialised: it
@@ -110,6 +113,10 @@ TokenUpdate = StreamUpdate[TokenData]
 TokenStreamUpdate = TokenUpdate | CallbackErrorUpdate
 """What a token stream carries: token updates, and one ``error`` update for a node whose
 processor failed (check ``update.type``)."""
+
+MAX_IDLE_EXECUTIONS = 10_000
+"""Executions without an open token stream whose numbering is kept at most (oldest forgotten
+first; see "Sequence numbers")."""
 
 RATE_WINDOW_SECONDS = 1.0
 """``tokens_per_second`` counts tokens emitted over this many most recent seconds."""
@@ -660,8 +667,12 @@ class TokenStreamingService(ServiceBase[TokenData]):
             nodes.pop(stream.node_id, None)
             if not nodes:
                 del self._by_execution[stream.execution_id]
-                if self._idle_timeout > 0:
-                    self._idle_executions[stream.execution_id] = self.clock.monotonic()
+                idle = self._idle_executions
+                idle[stream.execution_id] = self.clock.monotonic()
+                if len(idle) > MAX_IDLE_EXECUTIONS:  # memory stays bounded at any rate
+                    oldest, _ = idle.popitem(last=False)
+                    self._hub.release_sequence(oldest)
+                    self._forget_callback_failures(oldest)
         self._retired.add(stream.buffer.counters())
         if not self._streams and self._sweep_timer is not None:
             self._sweep_timer.cancel()
@@ -675,7 +686,9 @@ class TokenStreamingService(ServiceBase[TokenData]):
 
     def _forget_idle_executions(self, now: float) -> None:
         """Forget the numbering of executions without an open stream for the idle timeout.
-        O(executions forgotten): the oldest come first."""
+        O(executions forgotten): the oldest come first. A timeout of 0 forgets none."""
+        if self._idle_timeout <= 0:
+            return
         idle = self._idle_executions
         while idle:
             execution_id, since = next(iter(idle.items()))
