@@ -21,17 +21,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 from common import Row, interleaved_medians, row
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from redis_support import RedisServer, answers
 
 _SCRIPT = str(Path(__file__).resolve())
 URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -134,47 +134,17 @@ def _processes(count: int, frames: int) -> float:
 
 @contextlib.contextmanager
 def _private_redis() -> Iterator[str | None]:
-    """A private ``redis-server`` for the run: its URL, or None when none can be started."""
-    binary = shutil.which("redis-server")
-    if binary is None:
+    """A private ``redis-server`` for the run (the Redis tests' own helper): its URL, or None
+    when none can be started."""
+    try:
+        server = RedisServer().start()
+    except RuntimeError:
         yield None
         return
-    for _ in range(3):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        log = tempfile.TemporaryFile()
-        process = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-             "no"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-        url = f"redis://127.0.0.1:{port}/0"
-        deadline = time.monotonic() + 10
-        while process.poll() is None and time.monotonic() < deadline and not _answers(url):
-            time.sleep(0.05)
-        try:
-            if process.poll() is None and _answers(url):
-                yield url
-                return
-        finally:
-            process.kill()
-            process.wait(10)
-            log.close()
-    yield None
-
-
-def _answers(url: str) -> bool:
     try:
-        import redis
-
-        client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
-        try:
-            return bool(client.ping())
-        finally:
-            client.close()
-    except Exception:
-        return False
+        yield server.url
+    finally:
+        server.close()
 
 
 def run(quick: bool = False) -> list[Row]:
@@ -182,7 +152,7 @@ def run(quick: bool = False) -> list[Row]:
     with _private_redis() as private:
         if private is not None:
             URL = os.environ["REDIS_URL"] = private  # the child processes read it too
-        elif not _answers(URL):
+        elif not answers(URL):
             print(f"bench_redis: no Redis at {URL}; skipped", file=sys.stderr)
             return []
         return _rows(quick)

@@ -15,24 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from browser_support import BROWSER_MARKS
 
 os.environ["NO_PROXY"] = "127.0.0.1,localhost"
 os.environ["no_proxy"] = "127.0.0.1,localhost"
 
-CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "demo.png"
 RUN_TIMEOUT_MS = 60_000
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(),
-        reason="needs Debian's chromium at /usr/bin/chromium (apt-get install -y chromium); "
-        "never a browser downloaded by `playwright install`",
-    ),
-]
-
-playwright_api = pytest.importorskip("playwright.async_api", reason="needs the playwright package")
+pytestmark = BROWSER_MARKS
 
 
 @pytest.fixture
@@ -42,20 +33,6 @@ async def demo() -> AsyncIterator[Any]:
     # A few ms per token: fast enough for a test, slow enough to watch and to interrupt.
     async with DemoServer(port=0, token_delay_ms=4) as server:
         yield server
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    async with playwright_api.async_playwright() as p:
-        instance = await p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=["--no-sandbox", "--disable-gpu"],
-        )
-        try:
-            yield instance
-        finally:
-            await instance.close()
 
 
 def screenshot_path(tmp_path: Path) -> Path:
