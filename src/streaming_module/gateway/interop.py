@@ -41,6 +41,7 @@ from streaming_module.gateway.runs import (
 )
 from streaming_module.protocol import agui, aisdk, sse
 from streaming_module.protocol.frames import Frame
+from streaming_module.protocol.messages import RESERVED_ID_PREFIX
 
 logger = logging.getLogger("streaming_module.gateway.interop")
 
@@ -51,7 +52,7 @@ FINAL_STATE_WAIT = 1.0
 
 def thread_key(run_id: str) -> str:
     """The run-record id under which an AG-UI run's thread id is kept."""
-    return f"@thread/{run_id}"
+    return f"{RESERVED_ID_PREFIX}thread/{run_id}"
 
 
 def serve_agui(runs: RunsApi, registration: Registration, path: str = "/agui") -> None:
@@ -235,9 +236,7 @@ class ChatEndpoint:
             pointer = await runs.broker.load_run(chat_key(chat_id))
             if pointer is not None:
                 execution_id: str | None = str(pointer.result)
-            elif not chat_id.startswith("@") and (
-                chat_id in runs.runs or await runs.broker.load_run(chat_id) is not None
-            ):
+            elif chat_id in runs.runs or await runs.broker.load_run(chat_id) is not None:
                 execution_id = chat_id  # an execution id works as a chat id
             else:
                 execution_id = None

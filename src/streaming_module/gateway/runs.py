@@ -84,7 +84,7 @@ def shown_id(value: str) -> str:
 
 """Client-chosen execution ids: 1-128 letters, digits, ``.``, ``_``, ``:``, ``-``."""
 
-CONTROL_CHANNEL = "@runs/control"
+CONTROL_CHANNEL = f"{RESERVED_ID_PREFIX}runs/control"
 """The broker "execution" on which instances ask each other to cancel runs (never stored:
 frames are published live only). Its id cannot be chosen for a run (see the pattern above)."""
 
@@ -231,7 +231,7 @@ def _now() -> str:
 def chat_key(chat_id: str) -> str:
     """The run-record id under which a chat's current run is kept (not a valid execution id,
     so it never collides with one)."""
-    return f"@chat/{chat_id}"
+    return f"{RESERVED_ID_PREFIX}chat/{chat_id}"
 
 
 class RunsApi:
