@@ -21,7 +21,6 @@ from streaming_module.core.events import (
     filter_updates,
     group_by_type,
     merge_transformed,
-    transform_updates,
 )
 from streaming_module.errors import EventStreamingError, StreamingConfigError
 from streaming_module.types import StreamEventType, StreamMetadata, StreamUpdate
@@ -245,10 +244,3 @@ def test_a_returned_update_is_used_as_is_and_other_results_are_refused() -> None
     with pytest.raises(EventStreamingError, match="needs metadata"):
         merge_transformed(StreamUpdate(E.VALUES, None), {"enriched": True})
     assert merge_transformed(StreamUpdate(E.VALUES, 1), {"data": 2}).data == 2
-
-
-def test_transform_updates_maps_every_update() -> None:
-    events = [ev(E.TOKEN, data="a"), ev(E.TOKEN, data="b")]
-    out = transform_updates(events, lambda e: {**e, "data": e.data.upper()})
-    assert [e.data for e in out] == ["A", "B"]
-    assert [e.data for e in events] == ["a", "b"]

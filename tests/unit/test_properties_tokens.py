@@ -81,7 +81,6 @@ class TokenBufferMachine(RuleBasedStateMachine):
         self.pending = 0  # of those, how many are still buffered
         self.emitted: list[str] = []
         self.next_index = 0
-        self.next_sequence = 1
         self.offered = 0
         self.dropped = 0
 
@@ -107,8 +106,6 @@ class TokenBufferMachine(RuleBasedStateMachine):
         drained: list[str] = []
         for batch in batches:
             data = batch.data
-            assert batch.sequence_number == self.next_sequence
-            self.next_sequence += 1
             assert data.index == self.next_index
             assert data.total_tokens == self.next_index + batch.token_count
             self.next_index = data.total_tokens

@@ -94,7 +94,6 @@ def test_a_drain_of_25_tokens_with_batch_size_10_gives_10_10_5() -> None:
         buf.offer(t)
     batches = buf.drain()
     assert [b.token_count for b in batches] == [10, 10, 5]
-    assert [b.sequence_number for b in batches] == [1, 2, 3]
     assert [b.data.index for b in batches] == [0, 10, 20]
     assert [b.data.total_tokens for b in batches] == [10, 20, 25]
     assert "".join(b.data.content for b in batches) == "".join(tokens)
@@ -102,7 +101,7 @@ def test_a_drain_of_25_tokens_with_batch_size_10_gives_10_10_5() -> None:
     assert buf.counters().tokens_out == 25
 
 
-def test_index_total_and_sequence_carry_on_across_drains() -> None:
+def test_index_and_total_carry_on_across_drains() -> None:
     buf = make()
     for t in "abc":
         buf.offer(t)
@@ -110,9 +109,8 @@ def test_index_total_and_sequence_carry_on_across_drains() -> None:
     for t in "de":
         buf.offer(t)
     second = buf.drain()
-    assert (first[0].data.index, first[0].data.total_tokens, first[0].sequence_number) == (0, 3, 1)
+    assert (first[0].data.index, first[0].data.total_tokens) == (0, 3)
     assert (second[0].data.index, second[0].data.total_tokens) == (3, 5)
-    assert second[0].sequence_number == 2
     assert buf.drain() == []
 
 
@@ -165,7 +163,7 @@ def test_configure_applies_to_later_tokens_and_keeps_counters() -> None:
     buf.configure(StreamTokenOptions(format="json", buffer_size=3), default_buffer_size=10)
     buf.offer("b")
     (batch,) = buf.drain()
-    assert batch.data.tokens == ["b"] and batch.sequence_number == 2 and batch.data.index == 1
+    assert batch.data.tokens == ["b"] and batch.data.index == 1
     assert buf.buffer_size == 3
 
 

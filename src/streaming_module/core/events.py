@@ -14,7 +14,7 @@ Priorities
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
@@ -329,13 +329,6 @@ def merge_transformed(original: StreamUpdate[Any], result: Any) -> StreamUpdate[
     return StreamUpdate(kind, data, metadata)
 
 
-def transform_updates(
-    events: Iterable[StreamUpdate[Any]], transformer: Callable[[StreamUpdate[Any]], Any]
-) -> list[StreamUpdate[Any]]:
-    """``transformer`` applied to each update, results merged by :func:`merge_transformed`."""
-    return [merge_transformed(e, transformer(e)) for e in events]
-
-
 __all__ = [
     "Batcher",
     "EventFilter",
@@ -349,5 +342,4 @@ __all__ = [
     "filter_updates",
     "group_by_type",
     "merge_transformed",
-    "transform_updates",
 ]

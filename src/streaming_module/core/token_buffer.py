@@ -37,7 +37,7 @@ token order (a later token's value wins), into the update metadata's extras; key
 :class:`~streaming_module.types.StreamMetadata`'s own fields
 (:data:`~streaming_module.types.RESERVED_METADATA_KEYS`) are left out so they cannot overwrite
 them, and under ``structured`` the ``token_metadata`` list wins over a same-named key.
-Each batch carries a ``sequence_number`` counted per stream from 1.
+Numbering the updates is the service's (``StreamMetadata.sequence_number``), not the buffer's.
 
 Cost: :meth:`TokenBuffer.offer` is a few attribute reads, the filter's comparisons and one or two
 ``list.append``; nothing is allocated per token beyond the list slot. :meth:`TokenBuffer.drain`
@@ -83,10 +83,9 @@ class TokenCounters:
 
 @dataclass(slots=True)
 class TokenBatch:
-    """One update's worth of tokens: its per-stream ``sequence_number``, its payload, and the
-    extra metadata fields it carries (``None`` when there are none)."""
+    """One update's worth of tokens: its payload, and the extra metadata fields it carries
+    (``None`` when there are none)."""
 
-    sequence_number: int
     data: TokenData
     extra: dict[str, Any] | None
     token_count: int
@@ -144,7 +143,6 @@ class TokenBuffer:
         "_accept",
         "_keep_metadata",
         "_next_index",
-        "_next_sequence",
         "_processor",
         "batch_size",
         "buffer_size",
@@ -169,7 +167,6 @@ class TokenBuffer:
         self.updates_emitted = 0
         self.flushes = 0
         self._next_index = 0
-        self._next_sequence = 1
         self.buffer_size = default_buffer_size
         self.batch_size: int | None = None
         self.format: TokenFormat = "text"
@@ -227,7 +224,7 @@ class TokenBuffer:
 
     def drain(self) -> list[TokenBatch]:
         """Take everything buffered, as batches in arrival order (empty list when nothing is
-        buffered). Advances the token index, sequence numbers and counters."""
+        buffered). Advances the token index and the counters."""
         tokens = self.tokens
         if not tokens:
             return []
@@ -257,8 +254,7 @@ class TokenBuffer:
                 if fmt == "structured":
                     data.role = "assistant"
             extra = self._extra(metas) if metas is not None else None
-            batches.append(TokenBatch(self._next_sequence, data, extra, count))
-            self._next_sequence += 1
+            batches.append(TokenBatch(data, extra, count))
             start += count
         self.tokens_out += total
         self.updates_emitted += len(batches)
