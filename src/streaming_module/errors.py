@@ -165,6 +165,12 @@ INPUT_SHOWN_CHARS = 60
 """Longest ``repr`` of a bad input quoted in a validation problem."""
 
 
+def shorten(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters, ending in ``...`` when cut: how a message
+    quotes a value it was given (an id, a type, an input) without repeating all of it."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def describe_validation_error(
     exc: ValidationError,
     *,
@@ -187,9 +193,9 @@ def describe_validation_error(
         else:
             msg = err["msg"]
             if show_input and "input" in err and err["type"] != "missing":
-                shown = repr(err["input"] if show is None else show(err["input"]))
-                if len(shown) > INPUT_SHOWN_CHARS:
-                    shown = shown[: INPUT_SHOWN_CHARS - 3] + "..."
+                shown = shorten(
+                    repr(err["input"] if show is None else show(err["input"])), INPUT_SHOWN_CHARS
+                )
                 msg = f"{msg} (got {shown})"
         out.append((path, msg))
     return out
@@ -214,4 +220,5 @@ __all__ = [
     "WebSocketError",
     "WorkflowError",
     "describe_validation_error",
+    "shorten",
 ]

@@ -42,7 +42,7 @@ from aiohttp import web
 
 from streaming_module.config import AuthenticationOptions, parse_duration
 from streaming_module.core.clock import Clock, SystemClock
-from streaming_module.errors import AuthenticationError, StreamingConfigError
+from streaming_module.errors import AuthenticationError, StreamingConfigError, shorten
 
 _log = logging.getLogger("streaming_module.gateway.auth")
 
@@ -98,8 +98,7 @@ def _refuse(reason: str, message: str, **context: Any) -> AuthenticationError:
 def _short(value: object, limit: int = 40) -> str:
     """A value made short enough to quote in a message: repr'd, truncated. Never give it text
     from a client that could be (part of) a token."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return shorten(repr(value), limit)
 
 
 _REDACTIONS = (

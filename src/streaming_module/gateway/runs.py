@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from streaming_module.broker.base import Broker, RunRecord, Subscription
-from streaming_module.errors import AuthenticationError, StreamingError
+from streaming_module.errors import AuthenticationError, StreamingError, shorten
 from streaming_module.gateway.sse import (
     DEFAULT_HEARTBEAT,
     DEFAULT_MAX_QUEUE,
@@ -77,9 +77,7 @@ SHOWN_ID_CHARS = 80
 def shown_id(value: str) -> str:
     """``value`` quoted for an error message, cut at :data:`SHOWN_ID_CHARS` characters (a 404
     never echoes a kilobyte of id back)."""
-    if len(value) <= SHOWN_ID_CHARS:
-        return repr(value)
-    return repr(value[: SHOWN_ID_CHARS - 3] + "...")
+    return repr(shorten(value, SHOWN_ID_CHARS))
 
 
 """Client-chosen execution ids: 1-128 letters, digits, ``.``, ``_``, ``:``, ``-``."""

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.alias_generators import to_camel
 
-from streaming_module.errors import ProtocolError, describe_validation_error
+from streaming_module.errors import ProtocolError, describe_validation_error, shorten
 from streaming_module.protocol.frames import FILTERABLE_KINDS
 from streaming_module.protocol.json import JSONDecodeError, dumps, loads, nesting_exceeds
 
@@ -184,7 +184,7 @@ def decode_client_message(data: str | bytes) -> ClientMessage:
         )
     adapter = _ADAPTERS.get(kind)
     if adapter is None:
-        shown = kind if len(kind) <= 40 else kind[:37] + "..."
+        shown = shorten(kind, 40)
         raise ProtocolError(
             f"unknown message type {shown!r}; expected one of " + ", ".join(CLIENT_MESSAGE_TYPES),
             code="unknown_type",
