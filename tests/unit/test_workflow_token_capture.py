@@ -7,9 +7,11 @@ models at once, the ``nostream`` tag, tool-call chunks, the metadata given to ``
 from __future__ import annotations
 
 import asyncio
+import logging
 import operator
 from typing import Annotated, Any, TypedDict
 
+import pytest
 from langchain_core.language_models.fake_chat_models import (
     FakeListChatModel,
     GenericFakeChatModel,
@@ -17,6 +19,7 @@ from langchain_core.language_models.fake_chat_models import (
 from langchain_core.messages import AIMessage, BaseMessage
 from langgraph.graph import START, StateGraph
 
+from streaming_module.services.token_streaming import TokenStreamingService
 from streaming_module.types import StreamEventType, StreamUpdate
 from streaming_module.workflow import (
     DeclarativeWorkflowBase,
@@ -389,3 +392,32 @@ async def test_processor_and_include_metadata_get_node_namespace_and_model_run(
     [update] = tokens(updates, "generate")
     assert update.metadata.run_id == seen[0]["run_id"]
     assert update.metadata.langgraph_node == "generate"
+
+
+async def test_tokens_the_stream_refuses_are_logged_once_with_the_reason_then_counted(
+    services: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A model whose chunks the stream refuses (here: longer than ``max_token_length``) goes
+    on; the log names the first refusal and its reason, then the count when the model ends,
+    not a line per token."""
+    services["token_streaming"] = TokenStreamingService({"max_token_length": 4})
+    words = " ".join(f"longword{i}" for i in range(30)) + " ok"
+
+    @workflow
+    class Refused(DeclarativeWorkflowBase[State]):
+        @node(type="llm")
+        @stream_token(flush_interval=0)
+        async def generate(self, state: State) -> State:
+            reply = await chat(words).ainvoke("p")
+            return {"content": str(reply.content)}
+
+    with caplog.at_level(logging.WARNING, logger="streaming_module.workflow"):
+        updates = await collect(Refused(**services), {"prompt": "p"})
+
+    assert text(updates, "generate") == " " * 30 + "ok"  # what fits still streams
+    dropped = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(dropped) == 2, dropped
+    assert "longer than" in dropped[0] or "max_token_length" in dropped[0], dropped[0]
+    assert dropped[1].startswith("30 tokens of ") and dropped[1].endswith(
+        ":generate dropped in all"
+    )

@@ -153,6 +153,7 @@ class TokenCapture(BaseCallbackHandler):
         self._thread = get_ident()
         self._runs: dict[UUID, _ModelRun] = {}
         self._current: _ModelRun | None = None
+        self._drops = 0  # tokens the stream refused since the last report (see _dropped)
 
     # LangChain's streaming-handler protocol: with these, a chat model's invoke/ainvoke streams.
     def tap_output_aiter(self, run_id: UUID, output: AsyncIterator[T]) -> AsyncIterator[T]:
@@ -204,21 +205,24 @@ class TokenCapture(BaseCallbackHandler):
 
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
         model = self._runs.pop(run_id, None)
-        if model is None or model.streamed:
-            return  # streamed: its chunks were the tokens; the whole message is not sent again
-        generations = response.generations
-        message = (
-            getattr(generations[0][0], "message", None) if generations and generations[0] else None
-        )
-        if message is None:
-            return
-        if get_ident() != self._thread:
-            self._loop.call_soon_threadsafe(self._deliver_message, model, message)
-        else:
-            self._deliver_message(model, message)
+        # Streamed: its chunks were the tokens; the whole message is not sent again.
+        if model is not None and not model.streamed:
+            generations = response.generations
+            message = (
+                getattr(generations[0][0], "message", None)
+                if generations and generations[0]
+                else None
+            )
+            if message is not None:
+                if get_ident() != self._thread:
+                    self._loop.call_soon_threadsafe(self._deliver_message, model, message)
+                else:
+                    self._deliver_message(model, message)
+        self._model_ended()
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         self._runs.pop(run_id, None)
+        self._model_ended()
 
     # ------------------------------------------------------------------ delivery (loop thread)
 
@@ -266,9 +270,35 @@ class TokenCapture(BaseCallbackHandler):
 
     def _dropped(self, exc: StreamingError) -> None:
         # The stream refused the token (closed after the node failed, or too long): the model
-        # goes on, the token is lost, and the log says so. (A failing processor is not this:
-        # the stream drops that token itself and reports it once, by an `error` event.)
-        logger.warning("token of %s:%s dropped: %s", self._execution_id, self._node_id, exc)
+        # goes on, the token is lost, and the log says so: once with the reason, then once more
+        # with the count when the model run ends (a model still streaming into a closed stream
+        # would otherwise log a line per token). (A failing processor is not this: the stream
+        # drops that token itself and reports it once, by an `error` event.)
+        self._drops += 1
+        if self._drops == 1:
+            logger.warning(
+                "token of %s:%s dropped: %s (further drops are counted, not logged one by one)",
+                self._execution_id,
+                self._node_id,
+                exc,
+            )
+
+    def _model_ended(self) -> None:
+        if get_ident() != self._thread:
+            # After the deliveries this thread handed to the loop: they count the drops.
+            self._loop.call_soon_threadsafe(self._report_drops)
+        elif self._drops:
+            self._report_drops()
+
+    def _report_drops(self) -> None:
+        if self._drops > 1:
+            logger.warning(
+                "%d tokens of %s:%s dropped in all",
+                self._drops,
+                self._execution_id,
+                self._node_id,
+            )
+        self._drops = 0
 
     def _tool_chunk(self, text: str, meta: dict[str, Any]) -> None:
         if self._isolate:
