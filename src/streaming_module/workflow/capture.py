@@ -107,9 +107,10 @@ def text_of(content: Any) -> str:
 class _ModelRun:
     """One chat model run seen by a :class:`TokenCapture`."""
 
-    __slots__ = ("metadata", "streamed")
+    __slots__ = ("metadata", "run_id", "streamed")
 
-    def __init__(self, metadata: dict[str, Any] | None) -> None:
+    def __init__(self, run_id: UUID, metadata: dict[str, Any] | None) -> None:
+        self.run_id = run_id
         self.metadata = metadata
         self.streamed = False
 
@@ -120,8 +121,9 @@ class TokenCapture(BaseCallbackHandler):
 
     ``with_metadata``: build and pass token metadata (the node's stream uses it);
     ``isolate_tool_chunks``: give each tool-call chunk an update of its own (``include_metadata``
-    without ``structured``). Per token: a dict lookup, an identity check and the
-    ``stream_token`` call (plus a dict when the metadata changes).
+    without ``structured``). Per token of the model streaming: two identity checks and the
+    ``stream_token`` call (otherwise a dict lookup first, plus a dict when the metadata
+    changes).
     """
 
     run_inline = True
@@ -175,27 +177,31 @@ class TokenCapture(BaseCallbackHandler):
         if tags and not NOSTREAM_TAGS.isdisjoint(tags):
             return
         self._runs[run_id] = _ModelRun(
-            _token_metadata(metadata, run_id) if self._with_metadata else None
+            run_id, _token_metadata(metadata, run_id) if self._with_metadata else None
         )
 
     def on_llm_new_token(
         self, token: Any, *, chunk: Any = None, run_id: UUID, **kwargs: Any
     ) -> None:
-        model = self._runs.get(run_id)
-        if model is None:
-            return
+        current = self._current
         if (
-            model is self._current
-            and model.metadata is None
+            current is not None
+            and run_id is current.run_id
+            and current.metadata is None
             and token.__class__ is str
             and get_ident() == self._thread
         ):
             # The hot path: plain text from the model already streaming, no metadata wanted.
+            # LangChain passes its run manager's own run_id object with every chunk, so an
+            # identity check finds the run (a UUID's hash is a Python-level call).
             if token:
                 try:
                     self._stream_token(self._execution_id, self._node_id, token)
                 except StreamingError as exc:
                     self._dropped(exc)
+            return
+        model = self._runs.get(run_id)
+        if model is None:
             return
         model.streamed = True
         if get_ident() != self._thread:
