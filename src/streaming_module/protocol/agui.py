@@ -121,7 +121,11 @@ def prompt_of(run_input: Any) -> str:
 class _Message:
     message_id: str
     prefix: bytes  # TEXT_MESSAGE_CONTENT's JSON up to the delta
-    suffix: bytes  # ... and after it
+    tail: bytes  # ... after it, with the event's blank line
+    head: bytes = field(init=False)  # the SSE event's bytes from after its id up to the delta
+
+    def __post_init__(self) -> None:
+        self.head = b"\ndata: " + self.prefix
 
 
 @dataclass
@@ -158,14 +162,15 @@ class AguiEncoder:
                 if resume is not None and (sequence, 0) <= resume:
                     return b""
                 content = payload.get("content") or ""
-                return (
-                    b"id: "
-                    + str(sequence).encode()
-                    + b"\ndata: "
-                    + message.prefix
-                    + orjson.dumps(content)
-                    + message.suffix
-                    + b"\n\n"
+                # One join: a chain of `+` copies the growing event once per piece.
+                return b"".join(
+                    (
+                        b"id: ",
+                        str(sequence).encode(),
+                        message.head,
+                        orjson.dumps(content),
+                        message.tail,
+                    )
                 )
         out: list[bytes] = []
         for index, event in enumerate(self.events(frame)):
@@ -230,11 +235,11 @@ class AguiEncoder:
             prefix, found, suffix = template.removeprefix(b"data: ").partition(placeholder)
             if not found:  # pragma: no cover - the encoder changed its escaping
                 raise RuntimeError("AG-UI encoder escaped the delta unexpectedly")
-            message = _Message(message_id, prefix, suffix.removesuffix(b"\n\n"))
+            message = _Message(message_id, prefix, suffix.removesuffix(b"\n\n") + b"\n\n")
             self._messages[node] = message
             out.append(TextMessageStartEvent(message_id=message_id, role="assistant"))
         content = payload.get("content") or ""
-        out.append(message.prefix + orjson.dumps(content) + message.suffix + b"\n\n")
+        out.append(message.prefix + orjson.dumps(content) + message.tail)
 
     def _event(
         self, frame: FrameLike, node: str | None, payload: dict[str, Any], out: list[Any]
