@@ -10,7 +10,9 @@ process and run.
   the time (no slower).
 - ``workflow_tokens_per_s``: tokens/s of one decorated run — a ``@stream_token`` node calling
   ``ainvoke`` on LangChain's ``GenericFakeChatModel`` for a 2,000-word answer (3,999 chunks),
-  tokens counted by a subscriber — vs the bare model's ``astream`` chunks/s. Goal: >= 0.9x.
+  tokens counted by a subscriber — vs the bare model's ``astream`` chunks/s, interleaved with
+  the bare model under a do-nothing callback handler (the floor of any capture by callback),
+  each sample after ``gc.collect()``. Goal: >= 0.9x.
 """
 
 from __future__ import annotations
