@@ -106,6 +106,7 @@ def test_time_going_backwards_never_uncounts() -> None:
         ((0, 1.0), "limit"),
         ((1, 0.0), "window"),
         ((1, math.inf), "window"),
+        ((1, math.nan), "window"),
         ((1, 1.0, 0), "resolution"),
     ],
 )

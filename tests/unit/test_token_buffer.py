@@ -203,7 +203,8 @@ def test_rate_forgets_counts_older_than_the_window() -> None:
 
 
 def test_rate_meter_rejects_nonsense() -> None:
-    with pytest.raises(ValueError, match="window"):
-        RateMeter(FakeClock(), window=0)
+    for window in (0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="window"):
+            RateMeter(FakeClock(), window=window)
     with pytest.raises(ValueError, match="resolution"):
         RateMeter(FakeClock(), resolution=0)

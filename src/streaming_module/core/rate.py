@@ -28,6 +28,17 @@ class MonotonicClock(Protocol):
     def monotonic(self) -> float: ...
 
 
+def _window_width(window: float, resolution: int) -> tuple[float, float]:
+    """``(window, window / resolution)`` in seconds, for a window of ``resolution`` parts; raises
+    ``ValueError`` naming what is wrong (a window that is not a positive finite number of
+    seconds, or fewer than one part)."""
+    if not window > 0 or math.isinf(window):
+        raise ValueError(f"window must be a positive number of seconds, got {window!r}")
+    if resolution < 1:
+        raise ValueError(f"resolution must be at least 1, got {resolution!r}")
+    return float(window), float(window) / resolution
+
+
 class RateMeter:
     """Counts events in a sliding window of ``window`` seconds.
 
@@ -39,14 +50,9 @@ class RateMeter:
     __slots__ = ("_buckets", "_clock", "_first", "_sum", "_width", "resolution", "total", "window")
 
     def __init__(self, clock: MonotonicClock, *, window: float = 1.0, resolution: int = 10) -> None:
-        if window <= 0:
-            raise ValueError(f"window must be positive seconds, got {window!r}")
-        if resolution < 1:
-            raise ValueError(f"resolution must be at least 1 bucket, got {resolution!r}")
+        self.window, self._width = _window_width(window, resolution)
         self._clock = clock
-        self.window = float(window)
         self.resolution = resolution
-        self._width = self.window / resolution
         # [bucket number, count] from oldest to newest; see _bucket.
         self._buckets: deque[list[int]] = deque()
         self._sum = 0
@@ -147,14 +153,9 @@ class SlidingWindowLimit:
     def __init__(self, limit: int, window: float, *, resolution: int = 10) -> None:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValueError(f"limit must be a whole number of events, at least 1; got {limit!r}")
-        if not window > 0 or math.isinf(window):
-            raise ValueError(f"window must be a positive number of seconds, got {window!r}")
-        if resolution < 1:
-            raise ValueError(f"resolution must be at least 1 counter, got {resolution!r}")
+        self.window, self._width = _window_width(window, resolution)
         self.limit = limit
-        self.window = float(window)
         self.resolution = resolution
-        self._width = self.window / resolution
         slots = resolution + 1
         self._counts = [0] * slots  # a ring indexed by counter number % slots
         self._latest = [0.0] * slots  # when each counter's latest event happened
