@@ -204,31 +204,31 @@ class TokenCapture(BaseCallbackHandler):
         if model is None:
             return
         model.streamed = True
-        if get_ident() != self._thread:
-            self._loop.call_soon_threadsafe(self._deliver_chunk, model, token, chunk)
-        else:
-            self._deliver_chunk(model, token, chunk)
+        self._in_loop(self._deliver_chunk, model, token, chunk)
 
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
         model = self._runs.pop(run_id, None)
         # Streamed: its chunks were the tokens; the whole message is not sent again.
         if model is not None and not model.streamed:
             generations = response.generations
-            message = (
-                getattr(generations[0][0], "message", None)
-                if generations and generations[0]
-                else None
-            )
-            if message is not None:
-                if get_ident() != self._thread:
-                    self._loop.call_soon_threadsafe(self._deliver_message, model, message)
-                else:
-                    self._deliver_message(model, message)
-        self._model_ended()
+            if generations and generations[0]:
+                message = getattr(generations[0][0], "message", None)
+                if message is not None:
+                    self._in_loop(self._deliver_message, model, message)
+        # After the deliveries handed to the loop before it: they count the drops.
+        self._in_loop(self._report_drops)
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         self._runs.pop(run_id, None)
-        self._model_ended()
+        self._in_loop(self._report_drops)
+
+    def _in_loop(self, callback: Callable[..., None], *args: Any) -> None:
+        """Run ``callback(*args)`` on the event loop's thread: now when called there, else next
+        (a model run in a worker thread), after what that thread handed over before."""
+        if get_ident() != self._thread:
+            self._loop.call_soon_threadsafe(callback, *args)
+        else:
+            callback(*args)
 
     # ------------------------------------------------------------------ delivery (loop thread)
 
@@ -288,13 +288,6 @@ class TokenCapture(BaseCallbackHandler):
                 self._node_id,
                 exc,
             )
-
-    def _model_ended(self) -> None:
-        if get_ident() != self._thread:
-            # After the deliveries this thread handed to the loop: they count the drops.
-            self._loop.call_soon_threadsafe(self._report_drops)
-        elif self._drops:
-            self._report_drops()
 
     def _report_drops(self) -> None:
         if self._drops > 1:
